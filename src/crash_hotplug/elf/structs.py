@@ -45,7 +45,7 @@ def unpack_at(layout: struct.Struct, buf: bytes | memoryview, offset: int, what:
 
 
 @dataclass(frozen=True, slots=True)
-class Elf64_Ehdr:  # noqa: N801 - the kernel's name
+class Elf64_Ehdr:
     """``Elf64_Ehdr`` (64 bytes)."""
 
     e_ident: bytes
@@ -100,7 +100,7 @@ class Elf64_Ehdr:  # noqa: N801 - the kernel's name
 
 
 @dataclass(frozen=True, slots=True)
-class Elf64_Phdr:  # noqa: N801 - the kernel's name
+class Elf64_Phdr:
     """``Elf64_Phdr`` (56 bytes)."""
 
     p_type: int
@@ -135,7 +135,7 @@ class Elf64_Phdr:  # noqa: N801 - the kernel's name
 
 
 @dataclass(frozen=True, slots=True)
-class Elf64_Nhdr:  # noqa: N801 - the kernel's name
+class Elf64_Nhdr:
     """``Elf64_Nhdr`` (12 bytes): name size (with NUL), descriptor size, type."""
 
     n_namesz: int

@@ -86,7 +86,9 @@ def place_per_cpu(info: PcpuAllocInfo, known: Mapping[int, int], cpus: list[int]
             out[cpu] = known[cpu]
             continue
         if not info.embedded:
-            raise ValueError(f"cpu{cpu}: per-CPU areas are page-mapped (percpu_alloc=page); no physical layout to infer")
+            raise ValueError(
+                f"cpu{cpu}: per-CPU areas are page-mapped (percpu_alloc=page); no physical layout to infer"
+            )
         try:
             unit, group = info.unit_of(cpu)
         except KeyError:

@@ -109,7 +109,9 @@ def parse_iomem(text: str, source: str = "/proc/iomem") -> Resource:
             raise ValueError(f"{source}: line {lineno}: odd indent of {len(indent)} spaces")
         depth = len(indent) // 2
         if depth > len(stack) - 1:
-            raise ValueError(f"{source}: line {lineno}: indented {depth} levels under a parent at level {len(stack) - 2}")
+            raise ValueError(
+                f"{source}: line {lineno}: indented {depth} levels under a parent at level {len(stack) - 2}"
+            )
         start, end = int(s, 16), int(e, 16)
         if end < start:
             raise ValueError(f"{source}: line {lineno}: end {end:#x} below start {start:#x}")

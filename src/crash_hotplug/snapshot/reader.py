@@ -22,7 +22,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from crash_hotplug.elf.constants import PT_LOAD
 from crash_hotplug.elf.core import ElfCore
 from crash_hotplug.elf.structs import Elf64_Phdr
 from crash_hotplug.errors import ElfFormatError, SnapshotError
@@ -40,7 +39,9 @@ from crash_hotplug.snapshot.root import FsRoot
 
 __all__ = [
     "CPU_DIR",
+    "DMESG",
     "MEM_DIR",
+    "RULE_DIRS",
     "read_cpulist",
     "read_iomem",
     "read_kernel_config",
@@ -51,6 +52,8 @@ __all__ = [
 CPU_DIR = "sys/devices/system/cpu"
 MEM_DIR = "sys/devices/system/memory"
 DMESG = "var/log/dmesg"
+#: udev rule directories under a root, highest priority first
+RULE_DIRS = ("etc/udev/rules.d", "run/udev/rules.d", "usr/lib/udev/rules.d", "lib/udev/rules.d")
 
 
 def read_cpulist(root: FsRoot, name: str) -> tuple[int, ...]:
@@ -159,7 +162,8 @@ def _vmcoreinfo(root: FsRoot) -> tuple[int, int]:
             raise ValueError
         return int(text[0], 16), int(text[1], 16)
     except ValueError:
-        raise SnapshotError(root.display(rel), f"expected '<paddr> <size in hex>', found {' '.join(text)[:60]!r}") from None
+        found = " ".join(text)[:60]
+        raise SnapshotError(root.display(rel), f"expected '<paddr> <size in hex>', found {found!r}") from None
 
 
 def _kallsyms(root: FsRoot) -> dict[str, int]:
@@ -205,7 +209,9 @@ def read_kernel_state(root_dir: Path, *, kernel_version: str | None = None) -> K
     present = read_cpulist(root, "present")
     online = read_cpulist(root, "online")
     if not possible or not set(present) <= set(possible) or not set(online) <= set(present):
-        raise SnapshotError(root.display(CPU_DIR), "CPU masks must satisfy online <= present <= possible, possible non-empty")
+        raise SnapshotError(
+            root.display(CPU_DIR), "CPU masks must satisfy online <= present <= possible, possible non-empty"
+        )
     cpus = possible if config.header_lists_possible_cpus else present
     notes, note_size = _crash_notes(root, cpus, present)
     vmci_paddr, vmci_size = _vmcoreinfo(root)
@@ -230,7 +236,9 @@ def read_kernel_state(root_dir: Path, *, kernel_version: str | None = None) -> K
         if code:
             text_paddr = code[0].start
         else:
-            raise SnapshotError(root.display("proc/iomem"), "has no 'Kernel code' and proc/kcore has no kernel-text LOAD")
+            raise SnapshotError(
+                root.display("proc/iomem"), "has no 'Kernel code' and proc/kcore has no kernel-text LOAD"
+            )
     if page_offset is None:
         cmdline = root.read_optional("proc/cmdline") or ""
         if "nokaslr" not in cmdline.split():
