@@ -17,7 +17,11 @@ class FsRoot:
     path: Path
 
     def __post_init__(self) -> None:
-        if not self.path.is_dir():
+        try:
+            ok = self.path.is_dir()
+        except OSError as e:
+            raise SnapshotError(str(self.path), f"cannot open: {e.strerror}") from None
+        if not ok:
             raise SnapshotError(str(self.path), "not a directory")
 
     def file(self, rel: str) -> Path:
