@@ -118,8 +118,10 @@ class Machine:
     crashk_res: tuple[int, int] | None = None
     crashk_low_res: tuple[int, int] | None = None
     pcpu: PcpuAllocInfo | None = None
-    #: first address QEMU gives a pc-dimm (the device-memory region base)
+    #: QEMU's device-memory region for pc-dimms: ``[dimm_base, dimm_limit)``, and its slot count
     dimm_base: int = 4 * GIB
+    dimm_limit: int = 1 << 64
+    dimm_slots: int = 256
     profile: str | None = None
     vmcoreinfo_items: dict[str, str] = field(default_factory=dict)
     #: kernel log lines, busybox ``dmesg`` style
@@ -258,6 +260,11 @@ class Machine:
             name = f"dimm{self._dimm_seq}"
             self._dimm_seq += 1
         addr = self.next_dimm_address(size) if start is None else start
+        if len(self.memory.dimms) >= self.dimm_slots:
+            raise MachineError(f"{name}: all {self.dimm_slots} DIMM slots are in use")
+        if addr + size > self.dimm_limit:
+            raise MachineError(f"{name}: {size >> 20} MiB at {addr:#x} exceeds maxmem (device memory ends at "
+                               f"{self.dimm_limit:#x})")
         dimm = self.memory.add_memory(name, addr, size, online=online)
         self.printk(f"acpi PNP0C80:{len(self.memory.dimms) - 1:02x}: {name} [mem {addr:#010x}-{dimm.end:#010x}]")
         return dimm
@@ -278,19 +285,26 @@ class Machine:
     @classmethod
     def new(cls, *, mem_gib: float = 2, cpus: int = 2, possible: int = 8, crashkernel: str | None = "256M",
             kernel: str = "6.12.43", seed: int = 0, block_size: int = MEMORY_BLOCK_SIZE,
-            auto_online_blocks: str = "online_movable") -> Machine:
-        """A QEMU ``pc``-like machine: ``-m {mem_gib}G -smp {cpus},maxcpus={possible}``, booted with
-        ``crashkernel=... nokaslr memhp_default_state=...`` on the kernel build ``kernel``."""
+            auto_online_blocks: str = "online_movable", maxmem_gib: int = 16, slots: int = 8) -> Machine:
+        """A QEMU ``pc``-like machine: ``-m {mem_gib}G,slots={slots},maxmem={maxmem_gib}G -smp
+        {cpus},maxcpus={possible}``, booted with ``crashkernel=... nokaslr memhp_default_state=...``
+        on the kernel build ``kernel`` (``6.12.43``, ``6.12``, ``6.1``)."""
         prof = profile_for(kernel)
         if not 1 <= cpus <= possible:
             raise MachineError(f"need 1 <= cpus ({cpus}) <= possible ({possible})")
         ram = int(mem_gib * GIB)
         if ram < 256 * MIB or ram % block_size:
             raise MachineError(f"RAM of {ram:#x} bytes must be at least 256 MiB and a multiple of the block size")
+        if maxmem_gib * GIB < ram:
+            raise MachineError(f"maxmem {maxmem_gib} GiB is below the RAM size")
         below = ram if ram < 0xE0000000 else 0xC0000000
         above = ram - below
         low_end = below - QEMU_LOWMEM_RESERVED - 1
-        iomem = _qemu_pc_iomem(prof, low_end, below, above)
+        dimm_base = 4 * GIB + -(-above // GIB) * GIB
+        # QEMU sizes device memory as maxmem - ram plus 1 GiB per slot for alignment; the 64-bit
+        # PCI hole (2 GiB) follows it
+        dimm_limit = dimm_base + maxmem_gib * GIB - ram + slots * GIB
+        iomem = _qemu_pc_iomem(prof, low_end, below, above, dimm_limit)
         version = KernelVersion.parse(prof.release)
         config = KernelConfig(version, prof.crash_hotplug, True, prof.nr_cpus, 8192)
         mem = GuardedPhysMem(seed)
@@ -324,7 +338,7 @@ class Machine:
             mem=mem, text_vaddr=prof.text_vaddr, text_paddr=prof.text_paddr, etext_size=prof.etext,
             text_size=prof.end, vmcoreinfo_paddr=prof.vmcoreinfo.resolve(crashk[0] if crashk else None, ram_top),
             vmcoreinfo_size=VMCOREINFO_NOTE_SIZE, crashk_res=crashk, pcpu=parse_pcpu_alloc("\n".join(pcpu_lines)),
-            dimm_base=4 * GIB + -(-above // GIB) * GIB, profile=prof.key,
+            dimm_base=dimm_base, dimm_limit=dimm_limit, dimm_slots=slots, profile=prof.key,
         )
         m.printk(prof.banner)
         m.printk(f"Command line: {cmdline}")
@@ -394,7 +408,9 @@ class Machine:
             vmcoreinfo_paddr=state.vmcoreinfo_paddr, vmcoreinfo_size=state.vmcoreinfo_size,
             page_offset=state.page_offset, crash_notes_size=state.crash_notes_size,
             crashk_res=state.crashk_res, crashk_low_res=state.crashk_low_res if len(crash) > 1 else None,
-            pcpu=pcpu, dimm_base=int(model.get("dimm_base", 4 * GIB)), profile=model.get("kernel_profile"),
+            pcpu=pcpu, dimm_base=int(model.get("dimm_base", 4 * GIB)),
+            dimm_limit=int(model.get("dimm_limit", 1 << 64)), dimm_slots=int(model.get("dimm_slots", 256)),
+            profile=model.get("kernel_profile"),
             vmcoreinfo_items={str(k): str(v) for k, v in model.get("vmcoreinfo", {}).items()},
             log=dmesg.splitlines(),
         )
@@ -405,7 +421,7 @@ class Machine:
 
 # -- helpers ---------------------------------------------------------------------------------
 
-def _qemu_pc_iomem(prof: KernelProfile, low_end: int, below: int, above: int) -> Resource:
+def _qemu_pc_iomem(prof: KernelProfile, low_end: int, below: int, above: int, pci64: int) -> Resource:
     root = Resource(0, (1 << 64) - 1, "PCI mem")
     entries: list[tuple[int, int, str]] = [
         (0x0, 0xFFF, "Reserved"),
@@ -427,6 +443,7 @@ def _qemu_pc_iomem(prof: KernelProfile, low_end: int, below: int, above: int) ->
     entries.append((0xFFFC0000, 0xFFFFFFFF, "Reserved"))
     if above:
         entries.append((4 * GIB, 4 * GIB + above - 1, SYSTEM_RAM))
+    entries += [(pci64, pci64 + 2 * GIB - 1, "PCI Bus 0000:00"), (0xFD00000000, 0xFFFFFFFFFF, "Reserved")]
     entries += [(s, e, n) for n, s, e in prof.iomem_extra]
     for name, s, e in prof.image:
         entries.append((s, e, name))

@@ -77,7 +77,6 @@ PROFILES: Final[dict[str, KernelProfile]] = {
         crash_notes_cpu0=Placement("crashk", 0x6F000000 - 0x6CC3D800),
         vmcoreinfo=Placement("crashk", 0x6F000000 - 0x6CCE8000),
         pcpu=(233472, 8192, 28672, 524288, 2097152, 66),
-        iomem_extra=(("PCI Bus 0000:00", 0x680000000, 0x6FFFFFFFF), ("Reserved", 0xFD00000000, 0xFFFFFFFFFF)),
     ),
     "6.12": KernelProfile(
         key="6.12",
@@ -96,7 +95,6 @@ PROFILES: Final[dict[str, KernelProfile]] = {
         crash_notes_cpu0=Placement("crashk", 0x6F000000 - 0x6CE3D800),
         vmcoreinfo=Placement("abs", 0x4214000),
         pcpu=(233472, 8192, 28672, 1048576, 2097152, 66),
-        iomem_extra=(("PCI Bus 0000:00", 0x680000000, 0x6FFFFFFFF),),
     ),
     "6.1": KernelProfile(
         key="6.1",

@@ -58,6 +58,8 @@ def model_state(m: Machine) -> dict[str, Any]:
         "memory_pattern_seed": m.seed,
         "kernel_profile": m.profile,
         "dimm_base": m.dimm_base,
+        "dimm_limit": m.dimm_limit,
+        "dimm_slots": m.dimm_slots,
         "dimms": [{"name": d.name, "start": d.start, "size": d.size}
                   for d in sorted(m.memory.dimms.values(), key=lambda d: d.start)],
         "crash_notes": {str(c): a for c, a in m.crash_notes().items()},
