@@ -44,14 +44,15 @@ def _real_notes(real_headers: bytes) -> tuple[list[Note], Note]:
     return prstatus, vmcoreinfo
 
 
-def vector_panic(kernel: str, step: str = "S5", scenario: str = "base") -> VectorPanic:
+def vector_panic(kernel: str, step: str = "S5", scenario: str = "base", *, cpus_from: str | None = None) -> VectorPanic:
     """Memory of the vector machine at its panic, with the elfcorehdr of ``step`` in place.
 
     Each CPU's ``crash_notes`` holds what ``capture.json`` says it held: for a CPU whose note reached
     the real ``/proc/vmcore``, that note's bytes (its ``pr_pid`` checked against ``capture.json``);
     for a CPU that saved its registers but had no PT_NOTE, a note with its ``pr_pid``; zeros for
     the others. VMCOREINFO holds the real note. With a ``step`` other than the last, the CPUs
-    online at that step get a note each (the real notes first, then made-up ones).
+    online at step ``cpus_from`` (default: ``step``) get a note each (the real notes first, then
+    made-up ones).
     """
     assert VECTORS is not None
     scen = VECTORS / kernel / scenario
@@ -84,9 +85,10 @@ def vector_panic(kernel: str, step: str = "S5", scenario: str = "base") -> Vecto
                 mem.write(int(entry["crash_notes_paddr"], 16), ElfPrstatus(pr_pid=entry["pr_pid"]).note_buf())
         assert not pending, "more NT_PRSTATUS notes in the real vmcore than CPUs that saved one"
     else:
-        online = cpulist_parse((root / "sys/devices/system/cpu/online").read_text())
+        cpu_root = scen / (cpus_from or step) / "root"
+        online = cpulist_parse((cpu_root / "sys/devices/system/cpu/online").read_text())
         for cpu in online:
-            paddr = int((root / f"sys/devices/system/cpu/cpu{cpu}/crash_notes").read_text(), 16)
+            paddr = int((cpu_root / f"sys/devices/system/cpu/cpu{cpu}/crash_notes").read_text(), 16)
             desc = pending.pop(0).desc if pending else ElfPrstatus(pr_pid=cpu).pack()
             mem.write(paddr, append_elf_note("CORE", NT_PRSTATUS, desc) + final_note())
     return VectorPanic(scen, mem, addr, capture, real)
@@ -122,10 +124,10 @@ class SmallMachine:
         files = {
             "proc/iomem": iomem_render(self.state.iomem),
             "sys/devices/system/cpu/online": cpulist_format(online) + "\n",
-            "sys/devices/system/cpu/present": cpulist_format(self.state.present) + "\n",
+            "sys/devices/system/cpu/present": cpulist_format(self.state.possible) + "\n",
             "sys/devices/system/cpu/possible": cpulist_format(self.state.possible) + "\n",
         }
-        for cpu in self.state.present:
+        for cpu in self.state.possible:
             files[f"sys/devices/system/cpu/cpu{cpu}/crash_notes"] = f"{self.state.crash_notes[cpu]:x}\n"
         if model:
             files[MODEL_STATE_FILE] = json.dumps({
@@ -141,14 +143,18 @@ class SmallMachine:
         return root
 
 
-def small_machine(*, online: tuple[int, ...] = (0, 1, 3), idle_pid_0: bool = True) -> SmallMachine:
+def small_machine(
+    *, online: tuple[int, ...] = (0, 1, 3), idle_pid_0: bool = True, present_at_load: int | None = None
+) -> SmallMachine:
     """The small machine after ``crash_save_cpu`` on each online CPU (CPU 2 offline: zero buffer).
 
     The last online CPU panicked in task ``100 + cpu``; the others sit in their idle task (pid 0),
-    or, without ``idle_pid_0``, run task ``100 + cpu`` too.
+    or, without ``idle_pid_0``, run task ``100 + cpu`` too. With ``present_at_load`` the kernel is a
+    6.1 one whose header lists only the CPUs present when kdump was loaded (the rest were hot-added).
     """
+    version = "6.12" if present_at_load is None else "6.1"
     state = replace(
-        make_state(SMALL_RAM, possible=4, crash=[SMALL_CRASH]),
+        make_state(SMALL_RAM, possible=4, present=present_at_load, crash=[SMALL_CRASH], version=version),
         crash_notes={c: 0x2800000 + c * 0x1000 for c in range(4)},
         vmcoreinfo_paddr=0x2900000,
         text_size=0x800000,
