@@ -535,6 +535,8 @@ def _check_bytes(
         why.append("the memory data is truncated")
     if m.model is None:
         why.append(f"the snapshot has no {MODEL_STATE_FILE} (no memory_pattern_seed)")
+    if samples == 0:
+        why.append("no pages asked for (--samples 0)")
     if why or m.model is None:
         return ByteCheck(False, "skipped: " + "; ".join(why))
     written = _merge(list(m.model.written_ranges))

@@ -234,3 +234,36 @@ def test_prstatus_note_buffer_roundtrip() -> None:
     assert buf == append_elf_note("CORE", 1, ElfPrstatus(pr_pid=42).pack()) + final_note()
     mem.write(0x5000, buf)
     assert mem.read(0x5000, len(buf)) == buf
+
+
+def test_partial_reads_match_the_whole_file(whole_vmcore: tuple[SmallMachine, Path]) -> None:
+    m, path = whole_vmcore
+    v = parse_crash_elf64_headers(m.mem, m.elfcorehdr_addr)
+    data = path.read_bytes()
+    for pos, count in ((0, 64 << 10), (PAGE_SIZE - 7, 3 * PAGE_SIZE), (v.vmcore_list[1].offset - 5, 10),
+                       (len(data) - 100, 1000)):
+        assert v.read(m.mem, pos, count) == data[pos : pos + count]
+
+
+@needs_vectors
+def test_a_raw_elfcorehdr_is_not_taken_for_a_vmcore() -> None:
+    assert VECTORS is not None
+    with pytest.raises(ElfFormatError, match="raw elfcorehdr"):
+        read_vmcore_file(VECTORS / "6.12.43/base/S5/elfcorehdr.bin")
+
+
+def test_header_without_notes_follows_the_kernel_merge() -> None:
+    # No PT_NOTE at all (no kernel builds that): the merge's memcpy/memmove with nr_ptnote = 0 leave
+    # the merged PT_NOTE twice, over the first PT_LOAD.
+    m = small_machine()
+    raw = bytearray(m.mem.read(m.elfcorehdr_addr, PAGE_SIZE))
+    phnum = struct.unpack_from("<H", raw, 56)[0]
+    loads = [bytes(raw[64 + 56 * i : 120 + 56 * i]) for i in range(phnum) if raw[64 + 56 * i] == PT_LOAD]
+    raw[56:58] = struct.pack("<H", len(loads))
+    raw[64:] = b"".join(loads).ljust(PAGE_SIZE - 64, b"\0")
+    m.mem.write(m.elfcorehdr_addr, bytes(raw))
+    v = parse_crash_elf64_headers(m.mem, m.elfcorehdr_addr)
+    assert v.elfnotes_orig_sz == 0 and v.core.ehdr.e_phnum == len(loads) + 1
+    got = [(p.p_type, p.p_paddr) for p in v.core.phdrs]
+    want = [(PT_LOAD, struct.unpack_from("<Q", ld, 24)[0]) for ld in loads[1:]]
+    assert got == [(PT_NOTE, 0), (PT_NOTE, 0), *want]

@@ -133,6 +133,26 @@ class Vmcore:
         """The file up to the end of the PT_NOTE data (what a ``vmcore-headers.bin`` holds)."""
         return self.elfcorebuf + self.elfnotes_buf[: self.elfnotes_orig_sz]
 
+    def read(self, mem: MemoryReader, pos: int, count: int) -> bytes:
+        """``count`` bytes of the file from offset ``pos`` (``__read_vmcore``); short at the end of the file."""
+        out = bytearray()
+        count = max(0, min(count, self.vmcore_size - pos))
+        head = self.elfcorebuf + self.elfnotes_buf
+        if pos < len(head) and count:
+            piece = head[pos : pos + count]
+            out += piece
+            pos += len(piece)
+            count -= len(piece)
+        for m in self.vmcore_list:
+            if not count:
+                break
+            if pos < m.offset + m.size:
+                n = min(m.offset + m.size - pos, count)
+                out += mem.read(m.paddr + pos - m.offset, n)
+                pos += n
+                count -= n
+        return bytes(out)
+
     def iter_chunks(self, mem: MemoryReader, chunk_size: int = 1 << 20) -> Iterator[bytes]:
         """The whole file in order, in pieces of at most ``chunk_size`` bytes (``read_vmcore``)."""
         yield self.elfcorebuf
@@ -422,6 +442,12 @@ def _read_head(f: BinaryIO, source: str) -> bytes:
     f.seek(0)
     head = f.read(max(phend, Elf64_Ehdr.SIZE))
     core = ElfCore.parse(head, source)  # checks the header and that the program headers fit
+    if len(core.notes_phdrs) > 1 or core.is_raw_elfcorehdr:
+        raise ElfFormatError(
+            f"{len(core.notes_phdrs)} PT_NOTE headers whose offsets are physical addresses: this is a raw "
+            "elfcorehdr (what the crashed kernel keeps), not a vmcore",
+            offset=Elf64_Ehdr.SIZE, source=source,
+        )
     note_end = max((p.p_offset + p.p_filesz for p in core.notes_phdrs), default=0)
     if note_end - phend > _MAX_NOTES_BYTES:
         raise ElfFormatError(f"PT_NOTE data ends at {note_end:#x}: too large for a vmcore's notes",
