@@ -247,3 +247,25 @@ def test_truncated_memory_data_is_a_gap(tmp_path: Path, small: tuple[SmallMachin
     report = audit(cut, root)
     assert [f.kind for f in report.findings] == ["data-truncated"]
     assert not report.bytes.done
+
+
+def test_filtered_dump_with_short_filesz(tmp_path: Path, small: tuple[SmallMachine, Path, Path]) -> None:
+    # a dump tool may keep only the first p_filesz bytes of a PT_LOAD (the rest reads as zero)
+    _, vmcore, root = small
+    data = bytearray(vmcore.read_bytes())
+    phnum = struct.unpack_from("<H", data, 56)[0]
+    i = max(range(phnum), key=lambda k: struct.unpack_from("<Q", data, 64 + 56 * k + 8)[0])  # last PT_LOAD
+    off, _, _, filesz = struct.unpack_from("<QQQQ", data, 64 + 56 * i + 8)
+    struct.pack_into("<Q", data, 64 + 56 * i + 32, filesz // 2)
+    cut = tmp_path / "vmcore"
+    cut.write_bytes(bytes(data[: off + filesz // 2]))
+    report = audit(cut, root, samples=100_000)
+    assert report.complete, report.findings
+    assert report.bytes.done and report.bytes.candidates == (filesz // 2) // PAGE_SIZE
+
+
+def test_compressed_dump_is_named(tmp_path: Path, small: tuple[SmallMachine, Path, Path]) -> None:
+    _, _, root = small
+    f = tmp_path / "vmcore.kdump"
+    f.write_bytes(b"KDUMP   " + bytes(4088))
+    _assert_bad(run(f, "--root", root), "vmcore.kdump", "kdump-compressed")

@@ -540,7 +540,8 @@ def _check_bytes(
     if why or m.model is None:
         return ByteCheck(False, "skipped: " + "; ".join(why))
     written = _merge(list(m.model.written_ranges))
-    pool = _subtract(_intersect(mem.dumped, mem.expected), written)
+    in_file = _merge([(s.paddr, s.paddr + s.filesz - 1) for s in vf.ram_loads if s.filesz])
+    pool = _subtract(_intersect(in_file, mem.expected), written)
     # whole pages only
     pages: list[tuple[int, int]] = []
     for s, e in pool:
@@ -574,7 +575,7 @@ def _check_bytes(
         findings.append(
             Finding("bytes-differ", f"{len(bad)} of {len(picks)} sampled pages differ from the machine's: {shown}")
         )
-    return ByteCheck(True, f"{len(picks)} of {total} unwritten dumped pages sampled (seed {seed})",
+    return ByteCheck(True, f"{len(picks)} of {total} unwritten dumped System RAM pages sampled (seed {seed})",
                      len(picks), total, tuple(bad))
 
 

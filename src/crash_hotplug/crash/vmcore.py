@@ -60,6 +60,8 @@ _U64: Final = (1 << 64) - 1
 _NOTE_ALIGN_4_SINCE: Final = KernelVersion(6, 5)
 #: a vmcore's notes are a few KiB per CPU; refuse to read a note segment larger than this
 _MAX_NOTES_BYTES: Final = 64 << 20
+#: ``disk_dump_header.signature`` of makedumpfile's compressed format
+_KDUMP_SIGNATURE: Final = b"KDUMP   "
 
 
 def _roundup(n: int, to: int = PAGE_SIZE) -> int:
@@ -322,13 +324,15 @@ def write_vmcore(vmcore: Vmcore, mem: MemoryReader, out: BinaryIO | Path, *, chu
 
 @dataclass(frozen=True, slots=True)
 class LoadSegment:
-    """One PT_LOAD of a vmcore: ``[paddr, paddr + size)`` mapped at ``vaddr``, its bytes at ``offset``."""
+    """One PT_LOAD of a vmcore: ``[paddr, paddr + size)`` mapped at ``vaddr``; the first ``filesz``
+    bytes are in the file at ``offset`` (``/proc/vmcore`` has all of them; a filtered dump may not)."""
 
     index: int
     paddr: int
     vaddr: int
     size: int
     offset: int
+    filesz: int
 
     @property
     def end(self) -> int:
@@ -371,7 +375,7 @@ class VmcoreFile:
     @property
     def loads(self) -> list[LoadSegment]:
         return [
-            LoadSegment(i, p.p_paddr, p.p_vaddr, p.p_memsz, p.p_offset)
+            LoadSegment(i, p.p_paddr, p.p_vaddr, p.p_memsz, p.p_offset, min(p.p_filesz, p.p_memsz))
             for i, p in enumerate(self.core.phdrs)
             if p.p_type == PT_LOAD
         ]
@@ -387,13 +391,12 @@ class VmcoreFile:
     @property
     def data_start(self) -> int:
         """File offset where memory data begins (the first PT_LOAD's window)."""
-        loads = self.loads
-        return min((_rounddown(s.offset) for s in loads), default=self.file_size)
+        return min((_rounddown(s.offset) for s in self.loads if s.filesz), default=self.file_size)
 
     @property
     def data_end(self) -> int:
         """File size a complete vmcore has: the end of the last PT_LOAD's data."""
-        return max((s.offset + s.size for s in self.loads), default=self.file_size)
+        return max((s.offset + s.filesz for s in self.loads), default=self.file_size)
 
     @property
     def has_data(self) -> bool:
@@ -409,9 +412,9 @@ class VmcoreFile:
         return {k: self.vmcoreinfo[k] for k in VMCOREINFO_KEYS if k in self.vmcoreinfo}
 
     def segment_for(self, paddr: int, size: int = 1) -> LoadSegment | None:
-        """The RAM PT_LOAD holding ``[paddr, paddr + size)`` (the kernel-text one as a fallback)."""
+        """The RAM PT_LOAD whose file data holds ``[paddr, paddr + size)`` (the kernel-text one as a fallback)."""
         for seg in sorted(self.loads, key=lambda s: s.is_kernel_text):
-            if seg.paddr <= paddr and paddr + size <= seg.paddr + seg.size:
+            if seg.paddr <= paddr and paddr + size <= seg.paddr + seg.filesz:
                 return seg
         return None
 
@@ -435,6 +438,9 @@ def _read_head(f: BinaryIO, source: str) -> bytes:
         raise ElfFormatError(
             f"truncated: {len(head)} bytes, an ELF header needs {Elf64_Ehdr.SIZE}", offset=0, source=source
         )
+    if head.startswith(_KDUMP_SIGNATURE):
+        raise ElfFormatError("a makedumpfile kdump-compressed file, not ELF (convert it with makedumpfile -E)",
+                             offset=0, source=source)
     if head[:4] != ELFMAG:
         raise ElfFormatError("not an ELF file (no \\x7fELF magic)", offset=0, source=source)
     ehdr = Elf64_Ehdr.unpack(head)
