@@ -14,6 +14,7 @@ from elftools.elf.elffile import ELFFile
 
 from crash_hotplug.crash.vmcore import (
     ElfcorehdrNotSane,
+    VmcoreNotInitialized,
     note_p_align,
     parse_crash_elf64_headers,
     parse_elfcorehdr_param,
@@ -252,18 +253,11 @@ def test_a_raw_elfcorehdr_is_not_taken_for_a_vmcore() -> None:
         read_vmcore_file(VECTORS / "6.12.43/base/S5/elfcorehdr.bin")
 
 
-def test_header_without_notes_follows_the_kernel_merge() -> None:
-    # No PT_NOTE at all (no kernel builds that): the merge's memcpy/memmove with nr_ptnote = 0 leave
-    # the merged PT_NOTE twice, over the first PT_LOAD.
+def test_no_note_data_leaves_no_proc_vmcore() -> None:
+    # every PT_NOTE empty (VMCOREINFO too): the zero-sized note buffer cannot be allocated
     m = small_machine()
-    raw = bytearray(m.mem.read(m.elfcorehdr_addr, PAGE_SIZE))
-    phnum = struct.unpack_from("<H", raw, 56)[0]
-    loads = [bytes(raw[64 + 56 * i : 120 + 56 * i]) for i in range(phnum) if raw[64 + 56 * i] == PT_LOAD]
-    raw[56:58] = struct.pack("<H", len(loads))
-    raw[64:] = b"".join(loads).ljust(PAGE_SIZE - 64, b"\0")
-    m.mem.write(m.elfcorehdr_addr, bytes(raw))
-    v = parse_crash_elf64_headers(m.mem, m.elfcorehdr_addr)
-    assert v.elfnotes_orig_sz == 0 and v.core.ehdr.e_phnum == len(loads) + 1
-    got = [(p.p_type, p.p_paddr) for p in v.core.phdrs]
-    want = [(PT_LOAD, struct.unpack_from("<Q", ld, 24)[0]) for ld in loads[1:]]
-    assert got == [(PT_NOTE, 0), (PT_NOTE, 0), *want]
+    m.mem.zero(m.state.vmcoreinfo_paddr, m.state.vmcoreinfo_size)
+    for cpu in m.state.possible:
+        m.mem.zero(m.state.crash_notes[cpu], 368)
+    with pytest.raises(VmcoreNotInitialized, match="5 PT_NOTE headers hold no note"):
+        parse_crash_elf64_headers(m.mem, m.elfcorehdr_addr)

@@ -34,7 +34,7 @@ from crash_hotplug.elf.notes import pad4
 from crash_hotplug.elf.prstatus import ElfPrstatus
 from crash_hotplug.elf.structs import EHDR, NHDR, PHDR, Elf64_Ehdr, Elf64_Phdr
 from crash_hotplug.elf.vmcoreinfo import VMCOREINFO_NOTE_NAME, parse_vmcoreinfo
-from crash_hotplug.errors import ElfFormatError
+from crash_hotplug.errors import CrashHotplugError, ElfFormatError
 from crash_hotplug.machine.kernel import START_KERNEL_MAP, KernelVersion
 from crash_hotplug.machine.physmem import PAGE_SIZE, MemoryReader
 
@@ -44,6 +44,7 @@ __all__ = [
     "PrstatusNote",
     "Vmcore",
     "VmcoreFile",
+    "VmcoreNotInitialized",
     "VmcoreRange",
     "merge_note_headers_elf64",
     "note_p_align",
@@ -95,6 +96,10 @@ def parse_elfcorehdr_param(cmdline: str) -> int:
 
 class ElfcorehdrNotSane(ElfFormatError):
     """The check in ``parse_crash_elf64_headers`` failed ("Core image elf header is not sane")."""
+
+
+class VmcoreNotInitialized(CrashHotplugError):
+    """``vmcore_init`` gave up ("vmcore: not initialized"): no ``/proc/vmcore`` in the capture kernel."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -227,7 +232,8 @@ def merge_note_headers_elf64(
 
     ``buf`` holds the ELF header and program headers (``elfsz`` bytes used) and is rewritten in
     place. Returns ``(elfcorebuf_sz, elfnotes_buf, elfnotes_orig_sz, warnings)``: the page-rounded
-    header size, the page-rounded note buffer and the size of the notes in it.
+    header size, the page-rounded note buffer and the size of the notes in it. With no note data at
+    all the kernel's zero-sized ``vmcore_alloc_buf`` fails: :class:`VmcoreNotInitialized`.
     """
     warnings = update_note_header_size_elf64(buf, mem)
     view = bytes(buf)
@@ -236,6 +242,10 @@ def merge_note_headers_elf64(
     notes = [p for p in phdrs if p.p_type == PT_NOTE]
     nr_ptnote = len(notes)
     phdr_sz = sum(p.p_memsz for p in notes)
+    if phdr_sz == 0:
+        raise VmcoreNotInitialized(
+            f"not initialized: {nr_ptnote} PT_NOTE headers hold no note (vmcore_alloc_buf(0) fails with -ENOMEM)"
+        )
     # copy_notes_elf64: the real note bytes of every PT_NOTE, in program-header order
     notes_buf = b"".join(mem.read(p.p_offset, p.p_memsz) for p in notes)
     notes_buf += bytes(_roundup(phdr_sz) - len(notes_buf))
@@ -250,12 +260,8 @@ def merge_note_headers_elf64(
     shift = (nr_ptnote - 1) * Elf64_Phdr.SIZE
     elfsz -= shift
     count = elfsz - Elf64_Ehdr.SIZE - Elf64_Phdr.SIZE
-    need = max(elfsz + max(shift, 0), tmp + shift + count)
-    if len(buf) < need:
-        buf.extend(bytes(need - len(buf)))
     buf[tmp : tmp + count] = buf[tmp + shift : tmp + shift + count]
-    if shift > 0:
-        buf[elfsz : elfsz + shift] = bytes(shift)
+    buf[elfsz : elfsz + shift] = bytes(shift)
     elfsz = _roundup(elfsz)
     ehdr = list(EHDR.unpack_from(buf))
     ehdr[10] = phnum - nr_ptnote + 1
