@@ -269,3 +269,34 @@ def test_compressed_dump_is_named(tmp_path: Path, small: tuple[SmallMachine, Pat
     f = tmp_path / "vmcore.kdump"
     f.write_bytes(b"KDUMP   " + bytes(4088))
     _assert_bad(run(f, "--root", root), "vmcore.kdump", "kdump-compressed")
+
+
+def _steps() -> list[tuple[str, str]]:
+    if VECTORS is None:
+        return []
+    return [(k.name, s.name) for k in sorted(VECTORS.iterdir()) if (k / "base").is_dir()
+            for s in sorted((k / "base").glob("S*"))]
+
+
+@needs_vectors
+@pytest.mark.parametrize(("kernel", "step"), _steps())
+def test_panic_at_every_step_against_the_step_json(tmp_path: Path, kernel: str, step: str) -> None:
+    """A panic at each step: the audit's verdict agrees with what step.json recorded about that
+    step's header (its RAM ranges against iomem, the CPUs its PT_NOTEs belong to)."""
+    meta = json.loads((scen(kernel) / step / "step.json").read_text())
+    vp = vector_panic(kernel, step=step)
+    path = tmp_path / "vmcore-headers.bin"
+    path.write_bytes(parse_crash_elf64_headers(vp.mem, vp.elfcorehdr_addr).headers_and_notes())
+    report = audit(path, scen(kernel) / step / "root")
+
+    def ranges(key: str) -> list[tuple[int, int]]:
+        return [(int(s, 16), int(e, 16)) for s, e in meta[key]]
+
+    want, have = ranges("iomem_system_ram_expected"), ranges("elfcorehdr_ram_ranges")
+    assert report.memory.expected == want
+    assert report.memory.missing == [r for r in want if r not in have]
+    assert report.memory.extra == [r for r in have if r not in want]
+    online = set(cpulist_parse((scen(kernel) / step / "root/sys/devices/system/cpu/online").read_text()))
+    owners = {int(o[3:]) for o in meta["pt_note_owners"] if o.startswith("cpu")}
+    assert [c.cpu for c in report.cpus if c.status == "missing"] == sorted(online - owners)
+    assert report.complete == (meta["header_matches_iomem_system_ram"] and online <= owners)
