@@ -14,7 +14,6 @@ import pytest
 from click.testing import CliRunner, Result
 
 from crash_hotplug.cli import cli, example_root
-from crash_hotplug.elf.notes import append_elf_note
 from tests.conftest import VECTORS, needs_vectors
 
 pytestmark = needs_vectors

@@ -18,6 +18,7 @@ import click
 from rich.console import Console
 from rich.table import Table
 
+from crash_hotplug.cli_audit import audit
 from crash_hotplug.crash.x86_64 import crash_load_segments_memsz, prepare_elf_headers
 from crash_hotplug.elf.core import read_core_file
 from crash_hotplug.errors import CrashHotplugError
@@ -261,6 +262,9 @@ def demo(root: Path | None) -> None:
     s = summarize(ElfCore.parse(buf, "built"), note_owners={a: c for c, a in state.crash_notes.items()},
                   reserved_size=-(-memsz // PAGE_SIZE) * PAGE_SIZE)
     _print_summary(s, f"elfcorehdr built for {root} (kernel {state.config.version})")
+
+
+cli.add_command(audit)
 
 
 def main() -> None:

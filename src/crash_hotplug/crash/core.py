@@ -8,6 +8,7 @@ elfcorehdr bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import repeat
 
 from crash_hotplug.elf.constants import EM_X86_64, PF_R, PF_W, PF_X, PT_LOAD, PT_NOTE
 from crash_hotplug.elf.structs import PHDR, Elf64_Ehdr, Elf64_Phdr
@@ -118,6 +119,29 @@ def elfcorehdr_nr_phdr(state: KernelState, nr_ranges: int) -> int:
     return len(state.possible) + 1 + nr_ranges + 1
 
 
+class _NotesCache:
+    """The packed CPU PT_NOTEs of the last build, reused while the same CPU list and the same
+    ``crash_notes`` mapping are passed (possible CPUs and their note buffers are fixed at boot, so
+    every hotplug rebuild on one machine hits it). Keys are compared by identity, and the cache holds
+    them, so a reused ``id`` can never match."""
+
+    key: tuple[object, object, int] | None = None
+    value: bytes = b""
+
+
+def _cpu_note_phdrs(state: KernelState) -> bytes:
+    cpus, notes, size = state.header_cpus, state.crash_notes, state.crash_notes_size
+    key = _NotesCache.key
+    if key is not None and key[0] is cpus and key[1] is notes and key[2] == size:
+        return _NotesCache.value
+    addrs = [notes[c] for c in cpus]
+    packed = b"".join(map(PHDR.pack,
+        repeat(PT_NOTE), repeat(0), addrs, repeat(0), addrs, repeat(size), repeat(size), repeat(0)
+    ))
+    _NotesCache.key, _NotesCache.value = (cpus, notes, size), packed
+    return packed
+
+
 def crash_prepare_elf64_headers(
     state: KernelState, mem: CrashMem, need_kernel_map: bool, *, elf_arch: int = EM_X86_64
 ) -> bytes:
@@ -129,27 +153,21 @@ def crash_prepare_elf64_headers(
     nr_phdr = elfcorehdr_nr_phdr(state, mem.nr_ranges)
     elf_sz = Elf64_Ehdr.SIZE + nr_phdr * Elf64_Phdr.SIZE
     elf_sz = -(-elf_sz // ELF_CORE_HEADER_ALIGN) * ELF_CORE_HEADER_ALIGN
-    buf = bytearray(elf_sz)
-    pack_into = PHDR.pack_into
-    off = Elf64_Ehdr.SIZE
-    note_sz = state.crash_notes_size
-    notes = state.crash_notes
-    for cpu in state.header_cpus:
-        addr = notes[cpu]
-        pack_into(buf, off, PT_NOTE, 0, addr, 0, addr, note_sz, note_sz, 0)
-        off += 56
-    pack_into(buf, off, PT_NOTE, 0, state.vmcoreinfo_paddr, 0, state.vmcoreinfo_paddr,
-              state.vmcoreinfo_size, state.vmcoreinfo_size, 0)
-    off += 56
+
+    parts = [b"", _cpu_note_phdrs(state)]
+    vmci = state.vmcoreinfo_paddr
+    parts.append(PHDR.pack(PT_NOTE, 0, vmci, 0, vmci, state.vmcoreinfo_size, state.vmcoreinfo_size, 0))
     if need_kernel_map:
-        pack_into(buf, off, PT_LOAD, _RWX, state.text_paddr, state.text_vaddr, state.text_paddr,
-                  state.text_size, state.text_size, 0)
-        off += 56
+        parts.append(PHDR.pack(PT_LOAD, _RWX, state.text_paddr, state.text_vaddr, state.text_paddr,
+                               state.text_size, state.text_size, 0))
     po = state.page_offset
-    for mstart, mend in mem.ranges:
-        sz = mend - mstart + 1
-        pack_into(buf, off, PT_LOAD, _RWX, mstart, (po + mstart) & 0xFFFFFFFFFFFFFFFF, mstart, sz, sz, 0)
-        off += 56
-    phnum = (off - Elf64_Ehdr.SIZE) // 56
-    buf[: Elf64_Ehdr.SIZE] = Elf64_Ehdr.core(machine=elf_arch, phnum=phnum).pack()
-    return bytes(buf)
+    starts = [s for s, _ in mem.ranges]
+    lens = [e - s + 1 for s, e in mem.ranges]
+    vaddrs = [(po + s) & 0xFFFFFFFFFFFFFFFF for s in starts]
+    parts.extend(map(PHDR.pack,
+        repeat(PT_LOAD), repeat(_RWX), starts, vaddrs, starts, lens, lens, repeat(0)
+    ))
+    phnum = len(state.header_cpus) + 1 + int(need_kernel_map) + len(starts)
+    parts[0] = Elf64_Ehdr.core(machine=elf_arch, phnum=phnum).pack()
+    parts.append(bytes(elf_sz - Elf64_Ehdr.SIZE - phnum * Elf64_Phdr.SIZE))
+    return b"".join(parts)

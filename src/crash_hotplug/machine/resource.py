@@ -26,7 +26,7 @@ CRASH_KERNEL = "Crash kernel"
 _LINE = re.compile(r"^( *)([0-9a-fA-F]+)-([0-9a-fA-F]+) : (.*)$")
 
 
-@dataclass
+@dataclass(slots=True)
 class Resource:
     """``struct resource``: an inclusive ``[start, end]`` range with a name and children."""
 
@@ -136,21 +136,39 @@ def iomem_render(root: Resource) -> str:
     )
 
 
-def walk_system_ram_res(root: Resource, start: int = 0, end: int = (1 << 64) - 1) -> Iterator[tuple[int, int]]:
+def _collect_ram(children: list[Resource], out: list[tuple[int, int]]) -> None:
+    append = out.append
+    for r in children:
+        if r.name.startswith(SYSTEM_RAM):
+            # Anything nested in a System RAM resource ends inside it, so the kernel's cursor has
+            # passed it by the time the walk reaches it: no need to descend.
+            append((r.start, r.end))
+        elif r.children:
+            _collect_ram(r.children, out)
+
+
+def walk_system_ram_res(root: Resource, start: int = 0, end: int = (1 << 64) - 1) -> list[tuple[int, int]]:
     """Inclusive ``(start, end)`` of each System RAM resource in the window (``walk_system_ram_res``).
 
     The kernel restarts ``find_next_iomem_res`` from the top for each hit; because the cursor only
     moves forward and a nested tree's depth-first order is address order, one pass gives the same
     ranges.
     """
+    rams: list[tuple[int, int]] = []
+    _collect_ram(root.children, rams)
+    if start == 0 and end == (1 << 64) - 1:
+        return rams
+    out: list[tuple[int, int]] = []
     cursor = start
-    for _, r in root.walk():
-        if not r.is_system_ram or r.end < cursor:
+    for s, e in rams:
+        if e < cursor:
             continue
-        if r.start > end:
-            return
-        hit = (max(r.start, cursor), min(r.end, end))
-        yield hit
-        if hit[1] >= end:
-            return
-        cursor = hit[1] + 1
+        if s > end:
+            break
+        hs = s if s > cursor else cursor
+        he = e if e < end else end
+        out.append((hs, he))
+        if he >= end:
+            break
+        cursor = he + 1
+    return out
