@@ -194,9 +194,13 @@ def kexec_calculate_store_digests(image: Kimage, *, crash_hotplug: bool, digest_
 
 
 def kexec_file_load(kx: Kexec, payload: KexecPayload | None = None, flags: int = KEXEC_FILE_ON_CRASH, *,
-                    purgatory: bytes | None = None, digest_bug_6_6: bool = False) -> Kimage | None:
+                    purgatory: bytes | None = None, digest_bug_6_6: bool = False,
+                    elfcorehdr_in_digest: bool = False) -> Kimage | None:
     """The ``kexec_file_load`` system call. Raises :class:`KexecBusyError` when the kexec lock is
-    taken, :class:`KexecError` on bad flags or no room. Returns the loaded image (None on unload)."""
+    taken, :class:`KexecError` on bad flags or no room. Returns the loaded image (None on unload).
+
+    ``elfcorehdr_in_digest`` digests the elfcorehdr even with ``CONFIG_CRASH_HOTPLUG``, as the RFC v1
+    design did (its handler re-digests after every rewrite)."""
     if flags & ~KEXEC_FILE_FLAGS:
         raise KexecError(f"unknown kexec_file_load flags {flags & ~KEXEC_FILE_FLAGS:#x}")
     crash = bool(flags & KEXEC_FILE_ON_CRASH)
@@ -219,7 +223,7 @@ def kexec_file_load(kx: Kexec, payload: KexecPayload | None = None, flags: int =
         if kx.machine.config.crash_hotplug:
             image.hotplug_support = True
         bzimage64_load(kx, image, payload, build_purgatory() if purgatory is None else purgatory)
-        kexec_calculate_store_digests(image, crash_hotplug=kx.machine.config.crash_hotplug,
+        kexec_calculate_store_digests(image, crash_hotplug=kx.machine.config.crash_hotplug and not elfcorehdr_in_digest,
                                       digest_bug_6_6=digest_bug_6_6)
         pi = image.purgatory
         assert pi is not None

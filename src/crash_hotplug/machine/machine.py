@@ -172,6 +172,11 @@ class Machine:
         """Inclusive ``System RAM`` ranges (``walk_system_ram_res``)."""
         return list(walk_system_ram_res(self.iomem))
 
+    @property
+    def clock_us(self) -> int:
+        """The machine's clock (microseconds since boot), as its log stamps it."""
+        return self._clock_us
+
     def dmesg(self) -> str:
         return "".join(line + "\n" for line in self.log)
 

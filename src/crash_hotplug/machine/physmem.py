@@ -80,3 +80,14 @@ class PhysMem:
     @property
     def written_pages(self) -> int:
         return len(self._pages)
+
+    def written_ranges(self) -> list[tuple[int, int]]:
+        """Inclusive byte ranges of the pages that were written (and so may differ from the pattern)."""
+        out: list[tuple[int, int]] = []
+        for pfn in sorted(self._pages):
+            start = pfn * PAGE_SIZE
+            if out and out[-1][1] + 1 == start:
+                out[-1] = (out[-1][0], start + PAGE_SIZE - 1)
+            else:
+                out.append((start, start + PAGE_SIZE - 1))
+        return out

@@ -1,0 +1,194 @@
+"""Scripted hotplug scenarios on the model: a machine, a kdump load, hotplug steps, a panic, the
+vmcore and its audit, under a chosen design.
+
+Designs: ``upstream`` and ``rfc`` (:mod:`crash_hotplug.crash.hotplug`), and ``none`` -- a kernel
+without crash hotplug and no udev reload, the header staying as it was loaded.
+
+Steps are JSON-able dicts in the vectors' ``plan`` form: ``{"op": "load"}``,
+``{"op": "add_dimm", "size_mib": 1024}``, ``{"op": "del_dimm", "idx": 1}``,
+``{"op": "add_cpus", "n": 2}``, ``{"op": "offline_cpu", "cpu": 1}``, ``{"op": "online_cpu", "cpu": 1}``,
+``{"op": "remove_cpu", "cpu": 3}``, ``{"op": "panic", "cpu": "last_online"}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from crash_hotplug.audit import AuditReport, audit, audit_vmcore, read_machine_at_panic
+from crash_hotplug.crash.hotplug import DESIGNS, CrashHotplug
+from crash_hotplug.crash.panic import PanicResult, crash_kexec, write_panic_artifacts
+from crash_hotplug.crash.vmcore import VmcoreFile
+from crash_hotplug.errors import CrashHotplugError
+from crash_hotplug.kexec.kexec_core import Kexec
+from crash_hotplug.kexec.kexec_file import KexecPayload, kexec_file_load
+from crash_hotplug.kexec.kexec_load import kexec_tools_load
+from crash_hotplug.kexec.kimage import Kimage
+from crash_hotplug.machine.machine import GIB, MIB, Machine
+
+__all__ = ["BASE_STEPS", "SCRIPTED_STEPS", "ScenarioError", "ScenarioRun", "run_scenario"]
+
+#: the issue's scripted run: 4 GiB, 2 CPUs; two 1 GiB DIMMs, two CPUs, one offlined, a DIMM
+#: removed, a 2 GiB DIMM added, then a panic
+SCRIPTED_STEPS: tuple[dict[str, Any], ...] = (
+    {"op": "load"},
+    {"op": "add_dimm", "size_mib": 1024},
+    {"op": "add_dimm", "size_mib": 1024},
+    {"op": "add_cpus", "n": 2},
+    {"op": "offline_cpu", "cpu": 1},
+    {"op": "del_dimm", "idx": 1},
+    {"op": "add_dimm", "size_mib": 2048},
+    {"op": "panic", "cpu": "last_online"},
+)
+#: the ``base`` scenario of the real-kernel vectors
+BASE_STEPS: tuple[dict[str, Any], ...] = (
+    {"op": "load"},
+    {"op": "add_dimm", "idx": 1, "size_mib": 1024},
+    {"op": "add_cpus", "n": 2},
+    {"op": "offline_cpu", "cpu": 1},
+    {"op": "del_dimm", "idx": 1},
+    {"op": "add_dimm", "idx": 2, "size_mib": 2048},
+    {"op": "panic", "cpu": "last_online"},
+)
+
+
+class ScenarioError(CrashHotplugError):
+    """A step that cannot run (bad op, unknown DIMM, a refusal by the kernel)."""
+
+
+@dataclass
+class ScenarioRun:
+    """A scenario in progress: the machine, its kexec state and handler, what happened so far."""
+
+    machine: Machine
+    kexec: Kexec
+    design: str
+    syscall: str = "kexec_file_load"
+    hotplug: CrashHotplug | None = None
+    image: Kimage | None = None
+    panic: PanicResult | None = None
+    log: list[str] = field(default_factory=list)
+    dimms: dict[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, machine: Machine, design: str = "upstream", syscall: str = "kexec_file_load") -> ScenarioRun:
+        if design not in (*DESIGNS, "none"):
+            raise ScenarioError(f"unknown design {design!r} (upstream, rfc, none)")
+        if syscall not in ("kexec_file_load", "kexec_load"):
+            raise ScenarioError(f"unknown syscall {syscall!r} (kexec_file_load, kexec_load)")
+        kexec = Kexec(machine)
+        run = cls(machine, kexec, design, syscall)
+        if design != "none":
+            run.hotplug = CrashHotplug(kexec, design=DESIGNS[design]).crash_hotplug_init()
+        return run
+
+    # -- steps -------------------------------------------------------------------------------
+    def load(self) -> Kimage:
+        """``kexec -s -p`` (kexec_file_load) or ``kexec -p --hotplug`` (kexec_load)."""
+        payload = KexecPayload.synthetic()
+        if self.syscall == "kexec_file_load":
+            image = kexec_file_load(self.kexec, payload, elfcorehdr_in_digest=self.design == "rfc")
+            assert image is not None
+        else:
+            image = kexec_tools_load(self.kexec, payload, hotplug=self.design != "none")
+        self.image = image
+        return image
+
+    def header(self) -> bytes:
+        """The elfcorehdr in memory now: the page-rounded header the segment starts with."""
+        if self.image is None:
+            raise ScenarioError("no kdump image loaded")
+        seg = self.image.segments[self.image.elfcorehdr_index] if self.image.elfcorehdr_index >= 0 else None
+        addr = self.image.elf_load_addr if seg is None else seg.mem
+        from crash_hotplug.elf.structs import Elf64_Ehdr
+
+        ehdr = Elf64_Ehdr.unpack(self.machine.mem.read(addr, 64))
+        used = 64 + 56 * ehdr.e_phnum
+        return self.machine.mem.read(addr, -(-used // 4096) * 4096)
+
+    def apply(self, step: Mapping[str, Any]) -> None:
+        op = step.get("op")
+        handler = _OPS.get(str(op))
+        if handler is None:
+            raise ScenarioError(f"unknown step op {op!r}")
+        try:
+            handler(self, step)
+        except (KeyError, ValueError) as e:
+            raise ScenarioError(f"step {dict(step)}: {e}") from None
+        self.log.append(str(dict(step)))
+
+    def run(self, steps: Iterable[Mapping[str, Any]]) -> ScenarioRun:
+        for s in steps:
+            self.apply(s)
+        return self
+
+    def audit(self, out_dir: Path, *, samples: int = 64, write_vmcore: bool = False) -> AuditReport | None:
+        """Write the machine at the panic under ``out_dir/root`` (and, with ``write_vmcore``, the whole
+        vmcore as ``out_dir/vmcore``) and audit the vmcore against it; None when the dump was lost.
+        Without ``write_vmcore`` the audit reads the vmcore as the capture kernel presents it, from
+        the crashed machine's memory."""
+        if self.panic is None:
+            raise ScenarioError("no panic happened")
+        root, path = write_panic_artifacts(self.machine, self.panic, out_dir, vmcore=write_vmcore)
+        if self.panic.vmcore is None:
+            return None
+        if path is not None:
+            return audit(path, root, samples=samples)
+        vf = VmcoreFile.from_vmcore(self.panic.vmcore, self.machine.mem)
+        return audit_vmcore(vf, read_machine_at_panic(root), samples=samples)
+
+
+def _add_dimm(run: ScenarioRun, step: Mapping[str, Any]) -> None:
+    size = int(step.get("size_mib", 1024)) * MIB
+    start = step.get("start")
+    dimm = run.machine.add_dimm(size, start=None if start is None else int(str(start), 0))
+    run.dimms[int(step.get("idx", len(run.dimms) + 1))] = dimm.name
+
+
+def _del_dimm(run: ScenarioRun, step: Mapping[str, Any]) -> None:
+    idx = int(step["idx"])
+    if idx not in run.dimms:
+        raise ScenarioError(f"no DIMM {idx} was added (have {sorted(run.dimms)})")
+    run.machine.remove_dimm(run.dimms.pop(idx))
+
+
+def _add_cpus(run: ScenarioRun, step: Mapping[str, Any]) -> None:
+    m = run.machine
+    free = [c for c in m.cpus.possible if c not in m.cpus.present]
+    n = int(step.get("n", 1))
+    if len(free) < n:
+        raise ScenarioError(f"cannot add {n} CPUs: only {len(free)} possible CPUs are not present")
+    for cpu in free[:n]:
+        m.cpu_hot_add(cpu)
+        m.cpu_online(cpu)
+
+
+def _panic(run: ScenarioRun, step: Mapping[str, Any]) -> None:
+    cpu_spec = step.get("cpu", "last_online")
+    online = run.machine.cpus.online
+    cpu = online[-1] if cpu_spec == "last_online" else int(cpu_spec)
+    run.panic = crash_kexec(run.kexec, cpu)
+
+
+_OPS: dict[str, Callable[[ScenarioRun, Mapping[str, Any]], None]] = {
+    "load": lambda run, step: run.load() and None,
+    "add_dimm": _add_dimm,
+    "del_dimm": _del_dimm,
+    "add_cpus": _add_cpus,
+    "offline_cpu": lambda run, step: run.machine.cpu_offline(int(step["cpu"])),
+    "online_cpu": lambda run, step: run.machine.cpu_online(int(step["cpu"])),
+    "remove_cpu": lambda run, step: run.machine.cpu_hot_remove(int(step["cpu"])),
+    "panic": _panic,
+}
+
+
+def run_scenario(steps: Iterable[Mapping[str, Any]], *, design: str = "upstream", syscall: str = "kexec_file_load",
+                 mem_gib: float = 4, cpus: int = 2, kernel: str = "6.12.43") -> ScenarioRun:
+    """Run ``steps`` on a new machine (default: the issue's 4 GiB, 2-CPU guest on 6.12)."""
+    machine = Machine.new(mem_gib=mem_gib, cpus=cpus, kernel=kernel)
+    return ScenarioRun.start(machine, design, syscall).run(steps)
+
+
+_ = GIB
