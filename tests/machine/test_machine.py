@@ -10,6 +10,7 @@ import pytest
 
 from crash_hotplug.crash.x86_64 import prepare_elf_headers
 from crash_hotplug.elf.compare import first_difference
+from crash_hotplug.elf.prstatus import USER_REGS
 from crash_hotplug.machine.cpu import CpuNotPossibleError
 from crash_hotplug.machine.machine import GIB, Machine, MachineError, parse_crashkernel
 from crash_hotplug.machine.memory import MEM_OFFLINE, MEM_ONLINE, MemoryNotify
@@ -89,7 +90,8 @@ def test_round_trip(step: VectorStep, tmp_path: Path) -> None:
     assert snapshot_files(again) == snapshot_files(m)
     model = json.loads((first / MODEL_STATE_FILE).read_text())
     cpu = str(m.cpus.online[-1])
-    assert model["cpus"][cpu]["regs"] == list(m.cpus.cpu(int(cpu)).regs)
+    regs = model["cpus"][cpu]["regs"]
+    assert tuple(regs[name] for name in USER_REGS) == m.cpus.cpu(int(cpu)).regs
     assert again.cpus.cpu(int(cpu)).regs == m.cpus.cpu(int(cpu)).regs
 
 

@@ -127,6 +127,8 @@ class Machine:
     #: kernel log lines, busybox ``dmesg`` style
     log: list[str] = field(default_factory=list)
     kexec: KexecStatus | None = None
+    #: the CPU that panicked, once the panic path has run
+    panic_cpu: int | None = None
     _clock_us: int = 0
     _dimm_seq: int = 1
 
@@ -413,6 +415,7 @@ class Machine:
             profile=model.get("kernel_profile"),
             vmcoreinfo_items={str(k): str(v) for k, v in model.get("vmcoreinfo", {}).items()},
             log=dmesg.splitlines(),
+            panic_cpu=model.get("panic_cpu"),
         )
         m._clock_us = _last_stamp_us(m.log)
         m._init_memory_contents()
