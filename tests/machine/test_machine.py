@@ -191,3 +191,18 @@ def test_vectors_dir_located() -> None:
     if VECTORS is None:
         pytest.skip("../shared/vectors not found beside the repository")
     assert (VECTORS / "README.md").is_file()
+
+
+def test_from_the_bundled_example_snapshot() -> None:
+    from crash_hotplug.cli import example_root
+
+    root = example_root()
+    m = Machine.from_snapshot(root)
+    assert header(m) == prepare_elf_headers(read_kernel_state(root))[0]
+
+
+def test_refused_cpu_hot_add_is_logged() -> None:
+    m = Machine.new(kernel="6.12", possible=2, cpus=2)
+    with pytest.raises(CpuNotPossibleError):
+        m.cpu_hot_add(2)
+    assert m.log[-1].endswith("ACPI: Unable to map lapic to logical cpu number")

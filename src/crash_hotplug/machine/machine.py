@@ -22,7 +22,7 @@ from typing import Any, Final, Protocol
 from crash_hotplug.elf.prstatus import CRASH_CORE_NOTE_BYTES
 from crash_hotplug.elf.vmcoreinfo import VMCOREINFO_NOTE_SIZE, build_vmcoreinfo_note
 from crash_hotplug.errors import CrashHotplugError, SnapshotError
-from crash_hotplug.machine.cpu import CpuHotplug, CpuhpCallback
+from crash_hotplug.machine.cpu import CpuHotplug, CpuhpCallback, CpuNotPossibleError
 from crash_hotplug.machine.kernel import PAGE_OFFSET_L4, KernelConfig, KernelState, KernelVersion
 from crash_hotplug.machine.memory import (
     MEMORY_BLOCK_SIZE,
@@ -129,8 +129,8 @@ class Machine:
     kexec: KexecStatus | None = None
     #: the CPU that panicked, once the panic path has run
     panic_cpu: int | None = None
-    _clock_us: int = 0
-    _dimm_seq: int = 1
+    _clock_us: int = field(default=0, init=False, repr=False)
+    _dimm_seq: int = field(default=1, init=False, repr=False)
 
     # -- views -------------------------------------------------------------------------------
     @property
@@ -214,7 +214,11 @@ class Machine:
 
     def cpu_hot_add(self, cpu: int) -> None:
         """ACPI vCPU hot-add (QMP ``device_add``): the CPU becomes present, still offline."""
-        self.cpus.cpu_hot_add(cpu)
+        try:
+            self.cpus.cpu_hot_add(cpu)
+        except CpuNotPossibleError:
+            self.printk("ACPI: Unable to map lapic to logical cpu number")
+            raise
         self.printk(f"ACPI: CPU{cpu} has been hot-added")
 
     def cpu_online(self, cpu: int) -> None:
