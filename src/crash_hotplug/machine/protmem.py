@@ -58,8 +58,19 @@ class GuardedPhysMem(PhysMem):
         return out
 
     def write(self, paddr: int, data: bytes) -> None:
-        if data:
-            for rng in self._ro:
-                if not (paddr + len(data) - 1 < rng[0] or paddr > rng[1]):
-                    raise ProtectedMemoryWriteError(paddr, len(data), rng)
-        super().write(paddr, data)
+        if not data:
+            return
+        for rng in self._ro:
+            if not (paddr + len(data) - 1 < rng[0] or paddr > rng[1]):
+                raise ProtectedMemoryWriteError(paddr, len(data), rng)
+        # whole pages are stored as they are (no need to start from the pattern)
+        head = min(len(data), -paddr % PAGE_SIZE)
+        if head:
+            super().write(paddr, data[:head])
+        pos = head
+        view = memoryview(data)
+        while len(data) - pos >= PAGE_SIZE:
+            self._pages[(paddr + pos) // PAGE_SIZE] = bytearray(view[pos : pos + PAGE_SIZE])
+            pos += PAGE_SIZE
+        if pos < len(data):
+            super().write(paddr + pos, data[pos:])
