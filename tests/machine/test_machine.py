@@ -206,3 +206,13 @@ def test_refused_cpu_hot_add_is_logged() -> None:
     with pytest.raises(CpuNotPossibleError):
         m.cpu_hot_add(2)
     assert m.log[-1].endswith("ACPI: Unable to map lapic to logical cpu number")
+
+
+def test_crash_save_vmcoreinfo() -> None:
+    from crash_hotplug.elf.notes import iter_notes
+    from crash_hotplug.elf.vmcoreinfo import parse_vmcoreinfo
+
+    m = Machine.new(kernel="6.12.43")
+    m.crash_save_vmcoreinfo(1_800_000_000)
+    (note,) = list(iter_notes(m.vmcoreinfo_note()))
+    assert note.name == "VMCOREINFO" and parse_vmcoreinfo(note.desc)["CRASHTIME"] == "1800000000"

@@ -202,6 +202,12 @@ class Machine:
         note = build_vmcoreinfo_note(self.vmcoreinfo_items)
         self.mem.write(self.vmcoreinfo_paddr, note.ljust(VMCOREINFO_NOTE_SIZE, b"\0"))
 
+    def crash_save_vmcoreinfo(self, crashtime: int) -> None:
+        """``crash_save_vmcoreinfo`` at panic: the note gains ``CRASHTIME=<seconds>`` and is rewritten."""
+        self.vmcoreinfo_items["CRASHTIME"] = str(crashtime)
+        note = build_vmcoreinfo_note(self.vmcoreinfo_items)
+        self.mem.write(self.vmcoreinfo_paddr, note.ljust(VMCOREINFO_NOTE_SIZE, b"\0"))
+
     def vmcoreinfo_note(self) -> bytes:
         """The VMCOREINFO note bytes (``vmcoreinfo_size`` of them) as they are in memory now."""
         return self.mem.read(self.vmcoreinfo_paddr, self.vmcoreinfo_size)
