@@ -216,3 +216,14 @@ def test_crash_save_vmcoreinfo() -> None:
     m.crash_save_vmcoreinfo(1_800_000_000)
     (note,) = list(iter_notes(m.vmcoreinfo_note()))
     assert note.name == "VMCOREINFO" and parse_vmcoreinfo(note.desc)["CRASHTIME"] == "1800000000"
+
+
+def test_crashkernel_high_reserves_a_low_region_too(tmp_path: Path) -> None:
+    m = Machine.new(mem_gib=8, kernel="6.12.43", crashkernel="512M,high")
+    assert m.crashk_res == (0x220000000, 0x23FFFFFFF), "top of the RAM above 4 GiB (5 GiB of the 8)"
+    assert m.crashk_low_res == (0xAF000000, 0xBEFFFFFF)
+    state = read_kernel_state(write_snapshot(m, tmp_path))
+    assert (state.crashk_res, state.crashk_low_res) == (m.crashk_res, m.crashk_low_res)
+    assert first_difference(prepare_elf_headers(state)[0], header(m)) is None
+    _, nr_ranges = prepare_elf_headers(m.kernel_state())
+    assert nr_ranges == 3, "the low 1 MiB, crashk_low and crashk_res cut out of 3 System RAM ranges"

@@ -54,6 +54,7 @@ GIB: Final = 1 << 30
 #: x86 ``CRASH_ALIGN`` (16 MiB) and the 4 GiB limit of a plain ``crashkernel=X``
 CRASH_ALIGN: Final = 16 * MIB
 CRASH_ADDR_LOW_MAX: Final = 4 * GIB
+CRASH_LOW_SIZE: Final = 256 * MIB
 #: bytes QEMU ``pc`` keeps at the top of low RAM for firmware tables (e820 reserved)
 QEMU_LOWMEM_RESERVED: Final = 0x21000
 
@@ -322,18 +323,22 @@ class Machine:
         mem = GuardedPhysMem(seed)
         memory = MemoryHotplug(iomem, mem, block_size, auto_online_blocks)
         crashk: tuple[int, int] | None = None
+        crashk_low: tuple[int, int] | None = None
         log_lines: list[str] = []
         if crashkernel:
-            crashk = _reserve_crashkernel(iomem, crashkernel, prof, low_end)
+            crashk, crashk_low = _reserve_crashkernel(iomem, crashkernel, prof)
             size = crashk[1] - crashk[0] + 1
             if version >= KernelVersion(6, 7):
                 log_lines.append(f"crashkernel reserved: {crashk[0]:#018x} - {crashk[1] + 1:#018x} ({size >> 20} MB)")
             else:
                 log_lines.append(f"Reserving {size >> 20}MB of memory at {crashk[0] >> 20}MB for crashkernel "
                                  f"(System RAM: {(ram - 1) >> 20}MB)")
-            _insert_crash_kernel(iomem, crashk)
+            for region in (crashk_low, crashk):
+                if region is not None:
+                    iomem.insert(Resource(region[0], region[1], CRASH_KERNEL))
         ram_top = low_end + 1
-        cpu0_notes = prof.crash_notes_cpu0.resolve(crashk[0] if crashk else None, ram_top)
+        anchor = crashk_low[0] if crashk_low else crashk[0] if crashk else None
+        cpu0_notes = prof.crash_notes_cpu0.resolve(anchor, ram_top)
         s, r, d, u, atom, pages = prof.pcpu
         notes = {c: cpu0_notes + c * u for c in range(possible)}
         hp = CpuHotplug.boot(range(possible), range(cpus), range(cpus), notes, nr_cpus=prof.nr_cpus)
@@ -348,8 +353,9 @@ class Machine:
         m = cls(
             config=config, release=prof.release, banner=prof.banner, cmdline=cmdline, cpus=hp, memory=memory,
             mem=mem, text_vaddr=prof.text_vaddr, text_paddr=prof.text_paddr, etext_size=prof.etext,
-            text_size=prof.end, vmcoreinfo_paddr=prof.vmcoreinfo.resolve(crashk[0] if crashk else None, ram_top),
-            vmcoreinfo_size=VMCOREINFO_NOTE_SIZE, crashk_res=crashk, pcpu=parse_pcpu_alloc("\n".join(pcpu_lines)),
+            text_size=prof.end, vmcoreinfo_paddr=prof.vmcoreinfo.resolve(anchor, ram_top),
+            vmcoreinfo_size=VMCOREINFO_NOTE_SIZE, crashk_res=crashk, crashk_low_res=crashk_low,
+            pcpu=parse_pcpu_alloc("\n".join(pcpu_lines)),
             dimm_base=dimm_base, dimm_limit=dimm_limit, dimm_slots=slots, profile=prof.key,
         )
         m.printk(prof.banner)
@@ -470,26 +476,37 @@ def _qemu_pc_iomem(prof: KernelProfile, low_end: int, below: int, above: int, pc
     return root
 
 
-def _reserve_crashkernel(iomem: Resource, spec: str, prof: KernelProfile, low_end: int) -> tuple[int, int]:
-    """``reserve_crashkernel`` on x86: a fixed base, or the highest ``CRASH_ALIGN``-aligned free
-    range below 4 GiB (memblock allocates top-down), or above 4 GiB for ``,high``."""
+def _highest_slot(iomem: Resource, size: int, lo: int, hi: int, floor: int) -> int | None:
+    """Top of the highest System RAM range in ``[lo, hi)`` with a ``CRASH_ALIGN``-aligned hole of ``size``."""
+    for start, end in sorted(walk_system_ram_res(iomem), key=lambda r: r[1], reverse=True):
+        top = min(end + 1, hi)
+        cand = (top - size) // CRASH_ALIGN * CRASH_ALIGN
+        if top > lo and cand >= max(start, lo, floor):
+            return cand
+    return None
+
+
+Range = tuple[int, int]
+
+
+def _reserve_crashkernel(iomem: Resource, spec: str, prof: KernelProfile) -> tuple[Range, Range | None]:
+    """``reserve_crashkernel`` on x86: (crashk_res, crashk_low_res). A fixed base; or the highest
+    ``CRASH_ALIGN``-aligned free range below 4 GiB (memblock allocates top-down); or, for ``,high``,
+    above 4 GiB plus a 256 MiB ``crashk_low_res`` below 4 GiB (``DEFAULT_CRASH_KERNEL_LOW_SIZE``)."""
     size, base, high = parse_crashkernel(spec)
     if base is not None:
-        return base, base + size - 1
-    image_end = max(e for _, _, e in prof.image)
-    ram = list(walk_system_ram_res(iomem))
-    for start, end in sorted(ram, key=lambda r: r[1], reverse=True):
-        if not high and start >= CRASH_ADDR_LOW_MAX:
-            continue
-        top = end + 1 if high else min(end + 1, CRASH_ADDR_LOW_MAX)
-        cand = (top - size) // CRASH_ALIGN * CRASH_ALIGN
-        if cand >= max(start, image_end + 1):
-            return cand, cand + size - 1
+        return (base, base + size - 1), None
+    floor = max(e for _, _, e in prof.image) + 1
+    if high:
+        cand = _highest_slot(iomem, size, CRASH_ADDR_LOW_MAX, 1 << 64, floor)
+        low = _highest_slot(iomem, CRASH_LOW_SIZE, 0, CRASH_ADDR_LOW_MAX, floor)
+        if cand is not None and low is not None:
+            return (cand, cand + size - 1), (low, low + CRASH_LOW_SIZE - 1)
+    else:
+        cand = _highest_slot(iomem, size, 0, CRASH_ADDR_LOW_MAX, floor)
+        if cand is not None:
+            return (cand, cand + size - 1), None
     raise MachineError(f"crashkernel={spec}: no {size >> 20} MiB {CRASH_ALIGN >> 20} MiB-aligned free range")
-
-
-def _insert_crash_kernel(iomem: Resource, crashk: tuple[int, int]) -> None:
-    iomem.insert(Resource(crashk[0], crashk[1], CRASH_KERNEL))
 
 
 def _zone_of_boot_block(start: int) -> str:
