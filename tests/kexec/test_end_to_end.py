@@ -77,3 +77,19 @@ def test_stale_header_after_dimm_removal_is_found(tmp_path: Path) -> None:
     report = audit(capture(m, image, tmp_path), write_snapshot(m, tmp_path / "root"))
     assert [f.kind for f in report.findings] == ["memory-extra"], "the header still lists the removed DIMM"
     assert "0x100000000-0x13fffffff" in report.findings[0].message
+
+
+def test_a_loaded_machine_can_be_copied() -> None:
+    import copy
+
+    m = Machine.new(kernel="6.12.43")
+    kx = Kexec(m)
+    image = kexec_file_load(kx, KexecPayload.synthetic())
+    assert image is not None
+    twin = copy.deepcopy(m)
+    assert isinstance(twin.kexec, Kexec) and twin.kexec is not kx and twin.kexec.machine is twin
+    twin.add_dimm(GIB)
+    assert "dimm1" not in m.memory.dimms
+    assert twin.kexec.kexec_trylock() and not kx.lock.locked
+    twin.cpu_eject(1)
+    assert twin.cpus.present == (0,) and m.cpus.present == (0, 1)

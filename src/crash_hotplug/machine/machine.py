@@ -247,6 +247,12 @@ class Machine:
         buffer stays (per-CPU memory of possible CPUs is never freed)."""
         self.cpus.cpu_hot_remove(cpu)
 
+    def cpu_eject(self, cpu: int) -> None:
+        """QMP ``device_del`` of a vCPU: ACPI offlines it first (``acpi_scan_try_to_offline``), then
+        removes it; refused for the boot CPU and the last online CPU."""
+        self.cpu_offline(cpu)
+        self.cpu_hot_remove(cpu)
+
     # -- memory hotplug ----------------------------------------------------------------------
     def register_memory_notifier(self, call: Callable[[int, MemoryNotify], int], priority: int = 0,
                                  name: str = "") -> NotifierBlock[MemoryNotify]:
