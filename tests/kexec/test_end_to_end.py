@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from crash_hotplug.audit import audit
 from crash_hotplug.crash.vmcore import parse_crash_elf64_headers
 from crash_hotplug.crash.x86_64 import prepare_elf_headers
@@ -14,7 +16,9 @@ from crash_hotplug.kexec.kimage import Kimage
 from crash_hotplug.machine.machine import GIB, Machine
 from crash_hotplug.machine.memory import MEM_OFFLINE, MEM_ONLINE, MemoryNotify
 from crash_hotplug.machine.notifier import NOTIFY_OK
-from crash_hotplug.machine.snapshot_writer import write_snapshot
+from crash_hotplug.machine.physmem import MODEL_STATE_FILE
+from crash_hotplug.machine.snapshot_writer import snapshot_files, write_snapshot
+from tests.conftest import needs_vectors, vector_steps
 
 
 def rebuild_on_memory_events(m: Machine, kx: Kexec, image: Kimage) -> None:
@@ -93,3 +97,20 @@ def test_a_loaded_machine_can_be_copied() -> None:
     assert twin.kexec.kexec_trylock() and not kx.lock.locked
     twin.cpu_eject(1)
     assert twin.cpus.present == (0,) and m.cpus.present == (0, 1)
+
+
+BOOT = {"6.12.43": 8, "6.12": 2, "6.1": 8}
+
+
+@needs_vectors
+@pytest.mark.parametrize("kernel", sorted(BOOT))
+def test_a_new_machine_after_kdump_load_shows_the_real_sysfs(kernel: str) -> None:
+    """Every file of the real S0 snapshot but the truncated kcore and the boot log, to the byte."""
+    s0 = next(s for s in vector_steps() if s.kernel == kernel and s.name == "S0")
+    m = Machine.new(mem_gib=2, cpus=2, possible=BOOT[kernel], kernel=kernel)
+    kexec_file_load(Kexec(m), KexecPayload.synthetic())
+    files = snapshot_files(m)
+    real = {str(p.relative_to(s0.root)) for p in s0.root.rglob("*") if p.is_file()}
+    assert set(files) - real == {MODEL_STATE_FILE}
+    for rel in sorted(real - {"proc/kcore", "var/log/dmesg"}):
+        assert files[rel] == (s0.root / rel).read_bytes(), rel
