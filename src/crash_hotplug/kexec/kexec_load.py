@@ -50,6 +50,7 @@ from crash_hotplug.kexec.purgatory import (
     sha256_segments,
 )
 from crash_hotplug.kexec.segments import kimage_load_segment
+from crash_hotplug.machine.kernel import KernelVersion
 from crash_hotplug.machine.machine import Machine
 from crash_hotplug.machine.physmem import PAGE_SIZE
 from crash_hotplug.machine.resource import walk_system_ram_res
@@ -68,6 +69,8 @@ KEXEC_TOOLS_ELF_CORE_HEADER_ALIGN: Final = 1024
 #: x86 kexec-tools pads a small elfcorehdr segment to 16 KiB
 MIN_ELFCOREHDR_MEMSZ: Final = 16 * 1024
 BACKUP_SRC_END: Final = 0xA0000
+#: first release that knows the generic ``KEXEC_CRASH_HOTPLUG_SUPPORT`` flag
+GENERIC_HOTPLUG_FLAG: Final = KernelVersion(6, 10)
 _RWX: Final = PF_R | PF_W | PF_X
 
 
@@ -221,13 +224,17 @@ def _userspace_prepare(m: Machine, payload: KexecPayload, hotplug: bool, purgato
 def kexec_load(kx: Kexec, entry: int, segments: list[KexecSegment], flags: int) -> Kimage | None:
     """The ``kexec_load`` system call for a crash image (no segments: unload).
 
-    Refuses unknown flags (``KEXEC_UPDATE_ELFCOREHDR`` and ``KEXEC_CRASH_HOTPLUG_SUPPORT`` are known
-    only with ``CONFIG_CRASH_HOTPLUG``), more than 16 segments, unaligned, overlapping or
-    out-of-crashkernel segments; ``KexecBusyError`` when the kexec lock is taken.
+    Refuses unknown flags (``KEXEC_UPDATE_ELFCOREHDR`` is known only with ``CONFIG_CRASH_HOTPLUG``,
+    ``KEXEC_CRASH_HOTPLUG_SUPPORT`` only from 6.10, which is why kexec-tools passes 0x4 on x86),
+    more than 16 segments, unaligned, overlapping or out-of-crashkernel segments;
+    ``KexecBusyError`` when the kexec lock is taken.
     """
     known = KEXEC_ON_CRASH | KEXEC_PRESERVE_CONTEXT
-    if kx.machine.config.crash_hotplug:
-        known |= KEXEC_UPDATE_ELFCOREHDR | KEXEC_CRASH_HOTPLUG_SUPPORT
+    config = kx.machine.config
+    if config.crash_hotplug:
+        known |= KEXEC_UPDATE_ELFCOREHDR
+        if config.version >= GENERIC_HOTPLUG_FLAG:
+            known |= KEXEC_CRASH_HOTPLUG_SUPPORT
     if flags & ~(known | KEXEC_ARCH_MASK):
         raise KexecError(f"kexec_load: unknown flags {flags & ~(known | KEXEC_ARCH_MASK):#x}")
     if len(segments) > KEXEC_SEGMENT_MAX:
