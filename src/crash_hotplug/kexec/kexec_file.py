@@ -94,7 +94,7 @@ class KexecPayload:
     @classmethod
     def debian(cls, kernel: str = "6.12.43") -> KexecPayload:
         """Contents of the sizes the vectors' kernels loaded (``bufsz``/``memsz`` from the debug log)."""
-        sizes = {"6.12.43": (0xB707C0, 0x37EE000), "6.12": (0xB707C0, 0x37EE000), "6.1": (0x7D2200, 0x3F97000)}
+        sizes = {"6.12.43": (0xB707C0, 0x37EE000), "6.12": (0xB96200, 0x37EF000), "6.1": (0x7D2200, 0x3F97000)}
         ksize, kmem = sizes[kernel]
         return cls(_pattern(b"vmlinuz/" + kernel.encode(), ksize), kmem, _pattern(b"initrd", 0xFC01F))
 

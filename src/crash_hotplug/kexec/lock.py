@@ -50,3 +50,9 @@ class KexecLock:
     @property
     def locked(self) -> bool:
         return self._held
+
+    def __deepcopy__(self, memo: dict[int, object]) -> KexecLock:
+        twin = KexecLock()
+        twin._held = self._held
+        twin.failed_trylocks = self.failed_trylocks
+        return twin
