@@ -3,6 +3,7 @@ real-kernel vectors on the model."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -189,7 +190,7 @@ def test_replay_panics_like_the_vectors() -> None:
 
 
 def test_vmcore_opens_in_readelf_pyelftools_and_gdb(tmp_path: Path) -> None:
-    run = run_scenario(SCRIPTED_STEPS, design="upstream", mem_gib=1)
+    run = run_scenario([*BEFORE_PANIC, {**PANIC, "busy": True}], design="upstream", mem_gib=1)
     rep = run.audit(tmp_path, write_vmcore=True)
     assert rep is not None and rep.exit_status == 0
     vmcore = tmp_path / "vmcore"
@@ -202,7 +203,10 @@ def test_vmcore_opens_in_readelf_pyelftools_and_gdb(tmp_path: Path) -> None:
         assert out.count("NT_PRSTATUS") == len(run.machine.cpus.online)
         assert "VMCOREINFO" in out
     if shutil.which("gdb"):
-        out = subprocess.run(["gdb", "-nx", "-batch", "-ex", "info threads", "-c", str(vmcore)],
-                             capture_output=True, text=True, check=False, timeout=120).stdout
-        threads = [ln for ln in out.splitlines() if "process" in ln or "LWP" in ln or "Thread" in ln]
-        assert len(threads) >= 1
+        out = subprocess.run(
+            ["gdb", "-nx", "-batch", "-ex", "info threads", "-ex", "thread apply all info registers rip",
+             "-c", str(vmcore)], capture_output=True, text=True, check=False, timeout=120,
+        ).stdout
+        rips = {int(x, 16) for x in re.findall(r"^rip\s+(0x[0-9a-f]+)", out, re.M)}
+        expected = {run.machine.cpus.cpu(c).prstatus().ip for c in run.machine.cpus.online}
+        assert rips == expected, out

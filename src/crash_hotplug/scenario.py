@@ -26,7 +26,7 @@ from crash_hotplug.kexec.kexec_core import Kexec
 from crash_hotplug.kexec.kexec_file import KexecPayload, kexec_file_load
 from crash_hotplug.kexec.kexec_load import kexec_tools_load
 from crash_hotplug.kexec.kimage import Kimage
-from crash_hotplug.machine.machine import GIB, MIB, Machine
+from crash_hotplug.machine.machine import MIB, Machine
 
 __all__ = ["BASE_STEPS", "SCRIPTED_STEPS", "ScenarioError", "ScenarioRun", "run_scenario"]
 
@@ -165,15 +165,23 @@ def _add_cpus(run: ScenarioRun, step: Mapping[str, Any]) -> None:
         m.cpu_online(cpu)
 
 
+def _load(run: ScenarioRun) -> None:
+    run.load()
+
+
 def _panic(run: ScenarioRun, step: Mapping[str, Any]) -> None:
     cpu_spec = step.get("cpu", "last_online")
     online = run.machine.cpus.online
     cpu = online[-1] if cpu_spec == "last_online" else int(cpu_spec)
+    if step.get("busy"):
+        # a task runs on every online CPU (distinct pids: gdb shows one thread per CPU)
+        for c in online:
+            run.machine.cpus.cpu(c).counter += 1
     run.panic = crash_kexec(run.kexec, cpu)
 
 
 _OPS: dict[str, Callable[[ScenarioRun, Mapping[str, Any]], None]] = {
-    "load": lambda run, step: run.load() and None,
+    "load": lambda run, step: _load(run),
     "add_dimm": _add_dimm,
     "del_dimm": _del_dimm,
     "add_cpus": _add_cpus,
@@ -190,5 +198,3 @@ def run_scenario(steps: Iterable[Mapping[str, Any]], *, design: str = "upstream"
     machine = Machine.new(mem_gib=mem_gib, cpus=cpus, kernel=kernel)
     return ScenarioRun.start(machine, design, syscall).run(steps)
 
-
-_ = GIB

@@ -11,7 +11,6 @@ mismatch (``arch/x86/purgatory/purgatory.c``). The capture kernel then reads the
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -24,11 +23,9 @@ from crash_hotplug.crash.vmcore import (
     parse_elfcorehdr_param,
     write_vmcore,
 )
-from crash_hotplug.elf.vmcoreinfo import VMCOREINFO_NOTE_SIZE, build_vmcoreinfo_note
 from crash_hotplug.errors import ElfFormatError
 from crash_hotplug.kexec.kexec_core import Kexec, kimage_verify_digest
 from crash_hotplug.machine.machine import Machine
-from crash_hotplug.machine.physmem import MODEL_STATE_FILE
 from crash_hotplug.machine.snapshot_writer import write_snapshot
 
 __all__ = ["DumpLost", "PanicResult", "crash_kexec", "crash_save_cpu", "write_panic_artifacts"]
@@ -63,14 +60,6 @@ def crash_save_cpu(machine: Machine, cpu: int) -> None:
     machine.mem.write(st.crash_notes, st.prstatus().note_buf())
 
 
-def crash_save_vmcoreinfo(machine: Machine) -> None:
-    """``crash_save_vmcoreinfo``: append ``CRASHTIME`` and rewrite the note in place."""
-    items = dict(machine.vmcoreinfo_items)
-    items["CRASHTIME"] = str(1_700_000_000 + machine.clock_us // 1_000_000)
-    note = build_vmcoreinfo_note(items)
-    machine.mem.write(machine.vmcoreinfo_paddr, note.ljust(VMCOREINFO_NOTE_SIZE, b"\0"))
-
-
 def crash_kexec(kexec: Kexec, panic_cpu: int) -> PanicResult:
     """``__crash_kexec`` through purgatory to the capture kernel's ``/proc/vmcore``."""
     machine = kexec.machine
@@ -78,6 +67,7 @@ def crash_kexec(kexec: Kexec, panic_cpu: int) -> PanicResult:
         raise ValueError(f"cpu{panic_cpu} is not online: it cannot panic")
     if not kexec.kexec_trylock():
         return PanicResult(panic_cpu, DumpLost.LOCK_HELD)
+    machine.panic_cpu = panic_cpu
     try:
         image = kexec.kexec_crash_image
         if image is None:
@@ -87,7 +77,7 @@ def crash_kexec(kexec: Kexec, panic_cpu: int) -> PanicResult:
         saved = machine.cpus.online
         for cpu in saved:
             crash_save_cpu(machine, cpu)
-        crash_save_vmcoreinfo(machine)
+        machine.crash_save_vmcoreinfo(1_700_000_000 + machine.clock_us // 1_000_000)
         if not kimage_verify_digest(image, machine):
             return PanicResult(panic_cpu, DumpLost.DIGEST_MISMATCH, saved_cpus=saved)
         # the capture kernel finds the header where its command line says (elfcorehdr=)
@@ -105,12 +95,8 @@ def write_panic_artifacts(machine: Machine, result: PanicResult, out_dir: Path, 
                           vmcore: bool = True) -> tuple[Path, Path | None]:
     """The machine at the panic as a snapshot (``out_dir/root``, with ``panic_cpu`` and the pages the
     kernel wrote in ``machine.json``) and, with ``vmcore``, the whole vmcore (``out_dir/vmcore``)."""
+    machine.panic_cpu = result.panic_cpu
     root = write_snapshot(machine, out_dir / "root")
-    state_file = root / MODEL_STATE_FILE
-    state = json.loads(state_file.read_text())
-    state["panic_cpu"] = result.panic_cpu
-    state["written_ranges"] = machine.mem.written_ranges()
-    state_file.write_text(json.dumps(state, indent=1) + "\n")
     if result.vmcore is None or not vmcore:
         return root, None
     vmcore_path = out_dir / "vmcore"

@@ -46,17 +46,6 @@ class GuardedPhysMem(PhysMem):
     def is_protected(self, paddr: int, size: int = 1) -> bool:
         return any(not (paddr + size - 1 < s or paddr > e) for s, e in self._ro)
 
-    def written_ranges(self) -> list[tuple[int, int]]:
-        """Inclusive byte ranges of the pages that were written (merged), the rest being pattern."""
-        out: list[tuple[int, int]] = []
-        for pfn in sorted(self._pages):
-            start = pfn * PAGE_SIZE
-            if out and out[-1][1] + 1 == start:
-                out[-1] = (out[-1][0], start + PAGE_SIZE - 1)
-            else:
-                out.append((start, start + PAGE_SIZE - 1))
-        return out
-
     def write(self, paddr: int, data: bytes) -> None:
         if not data:
             return
