@@ -1,8 +1,10 @@
 """Scripted hotplug scenarios on the model: a machine, a kdump load, hotplug steps, a panic, the
 vmcore and its audit, under a chosen design.
 
-Designs: ``upstream`` and ``rfc`` (:mod:`crash_hotplug.crash.hotplug`), and ``none`` -- a kernel
-without crash hotplug and no udev reload, the header staying as it was loaded.
+Designs: ``upstream`` and ``rfc`` (:mod:`crash_hotplug.crash.hotplug`); ``none`` -- a kernel
+without crash hotplug and no udev reload, the header staying as it was loaded; ``legacy`` -- no
+kernel handler, udev reloading kdump on every event (``kdumpctl reload``); ``legacy-throttled`` --
+the same through the kdump-utils throttler and its crash-hotplug-aware rule.
 
 Steps are JSON-able dicts in the vectors' ``plan`` form: ``{"op": "load"}``,
 ``{"op": "add_dimm", "size_mib": 1024}``, ``{"op": "del_dimm", "idx": 1}``,
@@ -26,9 +28,13 @@ from crash_hotplug.kexec.kexec_core import Kexec
 from crash_hotplug.kexec.kexec_file import KexecPayload, kexec_file_load
 from crash_hotplug.kexec.kexec_load import kexec_tools_load
 from crash_hotplug.kexec.kimage import Kimage
+from crash_hotplug.legacy.kdumpctl import KdumpService
+from crash_hotplug.legacy.udevd import RULES_ALWAYS_RELOAD, RULES_CRASH_HOTPLUG_AWARE, UdevDaemon, bundled_rules
 from crash_hotplug.machine.machine import MIB, Machine
 
-__all__ = ["BASE_STEPS", "SCRIPTED_STEPS", "ScenarioError", "ScenarioRun", "run_scenario"]
+__all__ = ["BASE_STEPS", "SCENARIO_DESIGNS", "SCRIPTED_STEPS", "ScenarioError", "ScenarioRun", "run_scenario"]
+
+SCENARIO_DESIGNS = ("upstream", "rfc", "none", "legacy", "legacy-throttled")
 
 #: the issue's scripted run: 4 GiB, 2 CPUs; two 1 GiB DIMMs, two CPUs, one offlined, a DIMM
 #: removed, a 2 GiB DIMM added, then a panic
@@ -71,37 +77,58 @@ class ScenarioRun:
     panic: PanicResult | None = None
     log: list[str] = field(default_factory=list)
     dimms: dict[int, str] = field(default_factory=dict)
+    kdump: KdumpService | None = None
+    udev: UdevDaemon | None = None
 
     @classmethod
     def start(cls, machine: Machine, design: str = "upstream", syscall: str = "kexec_file_load") -> ScenarioRun:
-        if design not in (*DESIGNS, "none"):
-            raise ScenarioError(f"unknown design {design!r} (upstream, rfc, none)")
+        if design not in SCENARIO_DESIGNS:
+            raise ScenarioError(f"unknown design {design!r} ({', '.join(SCENARIO_DESIGNS)})")
         if syscall not in ("kexec_file_load", "kexec_load"):
             raise ScenarioError(f"unknown syscall {syscall!r} (kexec_file_load, kexec_load)")
         kexec = Kexec(machine)
         run = cls(machine, kexec, design, syscall)
-        if design != "none":
+        if design in DESIGNS:
             run.hotplug = CrashHotplug(kexec, design=DESIGNS[design]).crash_hotplug_init()
+        if design.startswith("legacy"):
+            run.kdump = KdumpService(kexec, syscall)
+            throttled = design == "legacy-throttled"
+            rules = bundled_rules(RULES_CRASH_HOTPLUG_AWARE if throttled else RULES_ALWAYS_RELOAD)
+            run.udev = UdevDaemon(run.kdump, rules, run.crash_hotplug_attr, throttle=throttled).attach()
         return run
+
+    def crash_hotplug_attr(self) -> int | None:
+        """What ``cpu/crash_hotplug`` reads now; None (the file absent) when no kernel handler runs."""
+        if not self.machine.config.crash_hotplug or self.hotplug is None:
+            return None
+        return self.hotplug.crash_check_hotplug_support()
 
     # -- steps -------------------------------------------------------------------------------
     def load(self) -> Kimage:
         """``kexec -s -p`` (kexec_file_load) or ``kexec -p --hotplug`` (kexec_load)."""
-        payload = KexecPayload.synthetic()
-        if self.syscall == "kexec_file_load":
-            image = kexec_file_load(self.kexec, payload, elfcorehdr_in_digest=self.design == "rfc")
-            assert image is not None
+        if self.kdump is not None:
+            image = self.kdump.start()
+        elif self.syscall == "kexec_file_load":
+            loaded = kexec_file_load(self.kexec, KexecPayload.synthetic(), elfcorehdr_in_digest=self.design == "rfc")
+            assert loaded is not None
+            image = loaded
         else:
-            image = kexec_tools_load(self.kexec, payload, hotplug=self.design != "none")
+            image = kexec_tools_load(self.kexec, KexecPayload.synthetic(), hotplug=self.design in DESIGNS)
         self.image = image
         return image
 
+    @property
+    def current_image(self) -> Kimage | None:
+        """The image loaded now (a legacy reload replaces it)."""
+        return self.kexec.kexec_crash_image
+
     def header(self) -> bytes:
         """The elfcorehdr in memory now: the page-rounded header the segment starts with."""
-        if self.image is None:
+        image = self.current_image or self.image
+        if image is None:
             raise ScenarioError("no kdump image loaded")
-        seg = self.image.segments[self.image.elfcorehdr_index] if self.image.elfcorehdr_index >= 0 else None
-        addr = self.image.elf_load_addr if seg is None else seg.mem
+        seg = image.segments[image.elfcorehdr_index] if image.elfcorehdr_index >= 0 else None
+        addr = image.elf_load_addr if seg is None else seg.mem
         from crash_hotplug.elf.structs import Elf64_Ehdr
 
         ehdr = Elf64_Ehdr.unpack(self.machine.mem.read(addr, 64))
@@ -117,6 +144,9 @@ class ScenarioRun:
             handler(self, step)
         except (KeyError, ValueError) as e:
             raise ScenarioError(f"step {dict(step)}: {e}") from None
+        if op != "panic":
+            # the system settles before the next step (udev, throttler and reloads finish)
+            self.machine.clock.run_until_idle()
         self.log.append(str(dict(step)))
 
     def run(self, steps: Iterable[Mapping[str, Any]]) -> ScenarioRun:

@@ -22,21 +22,25 @@ from typing import Any, Final, Protocol
 from crash_hotplug.elf.prstatus import CRASH_CORE_NOTE_BYTES
 from crash_hotplug.elf.vmcoreinfo import VMCOREINFO_NOTE_SIZE, build_vmcoreinfo_note
 from crash_hotplug.errors import CrashHotplugError, SnapshotError
+from crash_hotplug.machine.clock import Clock
 from crash_hotplug.machine.cpu import CpuHotplug, CpuhpCallback, CpuNotPossibleError
 from crash_hotplug.machine.kernel import PAGE_OFFSET_L4, KernelConfig, KernelState, KernelVersion
 from crash_hotplug.machine.memory import (
+    MEM_OFFLINE,
+    MEM_ONLINE,
     MEMORY_BLOCK_SIZE,
     Dimm,
     MemoryBlock,
     MemoryHotplug,
     MemoryNotify,
 )
-from crash_hotplug.machine.notifier import NotifierBlock
+from crash_hotplug.machine.notifier import NOTIFY_OK, NotifierBlock
 from crash_hotplug.machine.percpu import PcpuAllocInfo, parse_pcpu_alloc, place_per_cpu
-from crash_hotplug.machine.physmem import MODEL_STATE_FILE
+from crash_hotplug.machine.physmem import MODEL_STATE_FILE, PAGE_SIZE
 from crash_hotplug.machine.profiles import KernelProfile, profile_for
 from crash_hotplug.machine.protmem import GuardedPhysMem
 from crash_hotplug.machine.resource import CRASH_KERNEL, SYSTEM_RAM, Resource, walk_system_ram_res
+from crash_hotplug.machine.uevent import Uevent, UeventBus
 from crash_hotplug.snapshot.reader import CPU_DIR, DMESG, MEM_DIR, read_kernel_state
 from crash_hotplug.snapshot.root import FsRoot
 
@@ -49,6 +53,8 @@ __all__ = [
     "parse_crashkernel",
 ]
 
+#: below every other memory notifier (``INT_MIN``)
+_UEVENT_PRIORITY: Final = -(1 << 31)
 MIB: Final = 1 << 20
 GIB: Final = 1 << 30
 #: x86 ``CRASH_ALIGN`` (16 MiB) and the 4 GiB limit of a plain ``crashkernel=X``
@@ -128,10 +134,26 @@ class Machine:
     #: kernel log lines, busybox ``dmesg`` style
     log: list[str] = field(default_factory=list)
     kexec: KexecStatus | None = None
+    clock: Clock = field(default_factory=Clock)
+    uevents: UeventBus = field(default_factory=UeventBus)
     #: the CPU that panicked, once the panic path has run
     panic_cpu: int | None = None
     _clock_us: int = field(default=0, init=False, repr=False)
     _dimm_seq: int = field(default=1, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # memory blocks send their uevent after the whole notifier chain ran: lowest priority
+        self.memory.register_memory_notifier(self._memory_uevent, _UEVENT_PRIORITY, "memory uevent")
+
+    def _memory_uevent(self, action: int, arg: MemoryNotify) -> int:
+        if action in (MEM_ONLINE, MEM_OFFLINE):
+            block = arg.start_pfn * PAGE_SIZE // self.memory.block_size
+            self.uevent("online" if action == MEM_ONLINE else "offline", "memory", f"memory{block}")
+        return NOTIFY_OK
+
+    def uevent(self, action: str, subsystem: str, kernel: str) -> None:
+        """``kobject_uevent``: tell udev (and anyone else listening)."""
+        self.uevents.send(Uevent(action, subsystem, kernel, self.clock.now))
 
     # -- views -------------------------------------------------------------------------------
     @property
@@ -184,8 +206,8 @@ class Machine:
         return "".join(line + "\n" for line in self.log)
 
     def printk(self, msg: str, *, advance_us: int = 100) -> None:
-        """Append a kernel log line stamped with the machine's clock."""
-        self._clock_us += advance_us
+        """Append a kernel log line stamped with the machine's clock (never behind :attr:`clock`)."""
+        self._clock_us = max(self._clock_us + advance_us, int(self.clock.now * 1e6))
         s, us = divmod(self._clock_us, 1_000_000)
         self.log.append(f"[{s:5d}.{us:06d}] {msg}")
 
@@ -232,6 +254,7 @@ class Machine:
             self.printk("ACPI: Unable to map lapic to logical cpu number")
             raise
         self.printk(f"ACPI: CPU{cpu} has been hot-added")
+        self.uevent("add", "cpu", f"cpu{cpu}")
 
     def cpu_online(self, cpu: int) -> None:
         """``echo 1 > cpuN/online``"""
@@ -239,6 +262,7 @@ class Machine:
         self.cpus.cpu_up(cpu)
         if not was:
             self.printk(f"smpboot: Booting Node 0 Processor {cpu} APIC {cpu:#x}")
+            self.uevent("online", "cpu", f"cpu{cpu}")
 
     def cpu_offline(self, cpu: int) -> None:
         """``echo 0 > cpuN/online``"""
@@ -246,11 +270,13 @@ class Machine:
         self.cpus.cpu_down(cpu)
         if was:
             self.printk(f"smpboot: CPU {cpu} is now offline")
+            self.uevent("offline", "cpu", f"cpu{cpu}")
 
     def cpu_hot_remove(self, cpu: int) -> None:
         """ACPI vCPU eject of an offline CPU: it leaves ``cpu_present_mask``; its ``crash_notes``
         buffer stays (per-CPU memory of possible CPUs is never freed)."""
         self.cpus.cpu_hot_remove(cpu)
+        self.uevent("remove", "cpu", f"cpu{cpu}")
 
     def cpu_eject(self, cpu: int) -> None:
         """QMP ``device_del`` of a vCPU: ACPI offlines it first (``acpi_scan_try_to_offline``), then
