@@ -210,3 +210,23 @@ def test_vmcore_opens_in_readelf_pyelftools_and_gdb(tmp_path: Path) -> None:
         rips = {int(x, 16) for x in re.findall(r"^rip\s+(0x[0-9a-f]+)", out, re.M)}
         expected = {run.machine.cpus.cpu(c).prstatus().ip for c in run.machine.cpus.online}
         assert rips == expected, out
+
+
+def test_scenario_command(tmp_path: Path) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from crash_hotplug.cli import cli
+
+    res = CliRunner().invoke(cli, ["scenario", "run", "-o", str(tmp_path / "a"), "--json"])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.output)
+    assert data["regenerations"] == 40 and data["audit"]["exit_status"] == 0
+    res = CliRunner().invoke(cli, ["scenario", "run", "-o", str(tmp_path / "b"), "--design", "none",
+                                   "--kernel", "6.1", "--json"])
+    assert res.exit_code == 1
+    bad = tmp_path / "steps.json"
+    bad.write_text('[{"op": "add_dimm", "size_mib": 1000}]')
+    res = CliRunner().invoke(cli, ["scenario", "run", "-o", str(tmp_path / "c"), "--steps", str(bad)])
+    assert res.exit_code == 2 and "Traceback" not in res.output

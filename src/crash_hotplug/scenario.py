@@ -14,6 +14,7 @@ Steps are JSON-able dicts in the vectors' ``plan`` form: ``{"op": "load"}``,
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,15 @@ from crash_hotplug.legacy.kdumpctl import KdumpService
 from crash_hotplug.legacy.udevd import RULES_ALWAYS_RELOAD, RULES_CRASH_HOTPLUG_AWARE, UdevDaemon, bundled_rules
 from crash_hotplug.machine.machine import MIB, Machine
 
-__all__ = ["BASE_STEPS", "SCENARIO_DESIGNS", "SCRIPTED_STEPS", "ScenarioError", "ScenarioRun", "run_scenario"]
+__all__ = [
+    "BASE_STEPS",
+    "SCENARIO_DESIGNS",
+    "SCRIPTED_STEPS",
+    "ScenarioError",
+    "ScenarioRun",
+    "load_steps",
+    "run_scenario",
+]
 
 SCENARIO_DESIGNS = ("upstream", "rfc", "none", "legacy", "legacy-throttled")
 
@@ -220,6 +229,21 @@ _OPS: dict[str, Callable[[ScenarioRun, Mapping[str, Any]], None]] = {
     "remove_cpu": lambda run, step: run.machine.cpu_hot_remove(int(step["cpu"])),
     "panic": _panic,
 }
+
+
+def load_steps(path: Path) -> list[dict[str, Any]]:
+    """Steps from a JSON file: a list of step objects, or a scenario file with ``plan.steps``."""
+    try:
+        data = json.loads(path.read_text())
+    except OSError as e:
+        raise ScenarioError(f"{path}: cannot read: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise ScenarioError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+    if isinstance(data, dict):
+        data = data.get("plan", data).get("steps")
+    if not isinstance(data, list) or not all(isinstance(s, dict) and "op" in s for s in data):
+        raise ScenarioError(f"{path}: expected a list of steps, each an object with an 'op'")
+    return data
 
 
 def run_scenario(steps: Iterable[Mapping[str, Any]], *, design: str = "upstream", syscall: str = "kexec_file_load",
