@@ -14,6 +14,7 @@ Steps are JSON-able dicts in the vectors' ``plan`` form: ``{"op": "load"}``,
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ from typing import Any
 
 from crash_hotplug.audit import AuditReport, audit, audit_vmcore, read_machine_at_panic
 from crash_hotplug.crash.hotplug import DESIGNS, CrashHotplug
+from crash_hotplug.crash.ours import OursCrashHotplug, OursOptions
 from crash_hotplug.crash.panic import PanicResult, crash_kexec, write_panic_artifacts
 from crash_hotplug.crash.vmcore import VmcoreFile
 from crash_hotplug.errors import CrashHotplugError
@@ -37,13 +39,15 @@ __all__ = [
     "BASE_STEPS",
     "SCENARIO_DESIGNS",
     "SCRIPTED_STEPS",
+    "InjectedPanic",
     "ScenarioError",
     "ScenarioRun",
+    "inject_panics",
     "load_steps",
     "run_scenario",
 ]
 
-SCENARIO_DESIGNS = ("upstream", "rfc", "none", "legacy", "legacy-throttled")
+SCENARIO_DESIGNS = ("upstream", "rfc", "ours", "none", "legacy", "legacy-throttled")
 
 #: the issue's scripted run: 4 GiB, 2 CPUs; two 1 GiB DIMMs, two CPUs, one offlined, a DIMM
 #: removed, a 2 GiB DIMM added, then a panic
@@ -90,14 +94,17 @@ class ScenarioRun:
     udev: UdevDaemon | None = None
 
     @classmethod
-    def start(cls, machine: Machine, design: str = "upstream", syscall: str = "kexec_file_load") -> ScenarioRun:
+    def start(cls, machine: Machine, design: str = "upstream", syscall: str = "kexec_file_load",
+              options: OursOptions | None = None) -> ScenarioRun:
         if design not in SCENARIO_DESIGNS:
             raise ScenarioError(f"unknown design {design!r} ({', '.join(SCENARIO_DESIGNS)})")
         if syscall not in ("kexec_file_load", "kexec_load"):
             raise ScenarioError(f"unknown syscall {syscall!r} (kexec_file_load, kexec_load)")
         kexec = Kexec(machine)
         run = cls(machine, kexec, design, syscall)
-        if design in DESIGNS:
+        if design == "ours":
+            run.hotplug = OursCrashHotplug(kexec, options=options or OursOptions()).crash_hotplug_init()
+        elif design in DESIGNS:
             run.hotplug = CrashHotplug(kexec, design=DESIGNS[design]).crash_hotplug_init()
         if design.startswith("legacy"):
             run.kdump = KdumpService(kexec, syscall)
@@ -118,11 +125,13 @@ class ScenarioRun:
         if self.kdump is not None:
             image = self.kdump.start()
         elif self.syscall == "kexec_file_load":
-            loaded = kexec_file_load(self.kexec, KexecPayload.synthetic(), elfcorehdr_in_digest=self.design == "rfc")
+            loaded = kexec_file_load(self.kexec, KexecPayload.synthetic(), elfcorehdr_in_digest=self.design == "rfc",
+                                     elfcorehdr_slots=2 if self.design == "ours" else 1)
             assert loaded is not None
             image = loaded
         else:
-            image = kexec_tools_load(self.kexec, KexecPayload.synthetic(), hotplug=self.design in DESIGNS)
+            image = kexec_tools_load(self.kexec, KexecPayload.synthetic(),
+                                     hotplug=self.design in DESIGNS or self.design == "ours")
         self.image = image
         return image
 
@@ -231,6 +240,75 @@ _OPS: dict[str, Callable[[ScenarioRun, Mapping[str, Any]], None]] = {
 }
 
 
+class _WorldStopped(Exception):
+    """Raised from a step hook once the injected panic has been taken: the update never finishes."""
+
+
+@dataclass
+class InjectedPanic:
+    """A panic injected at one write of an update, and what its dump showed."""
+
+    index: int
+    step: str
+    lost: str | None
+    audit_exit: int | None
+    findings: list[str]
+
+    @property
+    def complete(self) -> bool:
+        return self.lost is None and self.audit_exit == 0
+
+
+def inject_panics(design: str, setup: Iterable[Mapping[str, Any]], update: Mapping[str, Any], out_dir: Path, *,
+                  kernel: str = "6.12.43", mem_gib: float = 4, cpus: int = 2, possible: int = 8,
+                  options: OursOptions | None = None) -> list[InjectedPanic]:
+    """Run ``setup``, then ``update`` once per write it makes, panicking right before that write.
+
+    Each panic is audited against the machine at that moment (the byte check off: the question is
+    which CPUs and memory the header describes).
+    """
+    setup = list(setup)
+
+    def start() -> ScenarioRun:
+        return run_scenario(setup, design=design, kernel=kernel, mem_gib=mem_gib, cpus=cpus, possible=possible,
+                            options=options)
+
+    def hook_owner(run: ScenarioRun) -> CrashHotplug | KdumpService:
+        owner = run.hotplug if run.hotplug is not None else run.kdump
+        if owner is None:
+            raise ScenarioError(f"design {design!r} makes no updates to inject panics into")
+        return owner
+
+    names: list[str] = []
+    trial = start()
+    hook_owner(trial).on_step = names.append
+    trial.apply(update)
+    results: list[InjectedPanic] = []
+    for k, name in enumerate(names):
+        run = start()
+
+        def on_step(step: str, run: ScenarioRun = run, k: int = k, name: str = name, seen: list[int] = [0]) -> None:  # noqa: B006 - one counter per run
+            if seen[0] < k:
+                seen[0] += 1
+                return
+            cpu = run.machine.cpus.online[-1]
+            res = crash_kexec(run.kexec, cpu)
+            root, _ = write_panic_artifacts(run.machine, res, out_dir / f"{design}-{k}", vmcore=False)
+            if res.vmcore is None:
+                results.append(InjectedPanic(k, name, None if res.lost is None else res.lost.value, None, []))
+            else:
+                vf = VmcoreFile.from_vmcore(res.vmcore, run.machine.mem)
+                rep = audit_vmcore(vf, read_machine_at_panic(root), samples=0)
+                results.append(InjectedPanic(k, name, None, rep.exit_status,
+                                             [f"{f.kind}: {f.message}" for f in rep.findings]))
+            raise _WorldStopped
+
+        hook_owner(run).on_step = on_step
+        with contextlib.suppress(_WorldStopped):
+            run.apply(update)
+    return results
+
+
 def load_steps(path: Path) -> list[dict[str, Any]]:
     """Steps from a JSON file: a list of step objects, or a scenario file with ``plan.steps``."""
     try:
@@ -247,8 +325,9 @@ def load_steps(path: Path) -> list[dict[str, Any]]:
 
 
 def run_scenario(steps: Iterable[Mapping[str, Any]], *, design: str = "upstream", syscall: str = "kexec_file_load",
-                 mem_gib: float = 4, cpus: int = 2, kernel: str = "6.12.43") -> ScenarioRun:
-    """Run ``steps`` on a new machine (default: the issue's 4 GiB, 2-CPU guest on 6.12)."""
-    machine = Machine.new(mem_gib=mem_gib, cpus=cpus, kernel=kernel)
-    return ScenarioRun.start(machine, design, syscall).run(steps)
+                 mem_gib: float = 4, cpus: int = 2, kernel: str = "6.12.43", possible: int = 8,
+                 options: OursOptions | None = None) -> ScenarioRun:
+    """Run ``steps`` on a new machine (default: the 4 GiB, 2-CPU guest on 6.12)."""
+    machine = Machine.new(mem_gib=mem_gib, cpus=cpus, kernel=kernel, possible=possible)
+    return ScenarioRun.start(machine, design, syscall, options).run(steps)
 

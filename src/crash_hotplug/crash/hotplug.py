@@ -23,7 +23,6 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
 
 from crash_hotplug.crash.arch import ArchCrashHotplug, Outcome
 from crash_hotplug.crash.arch.x86_64 import X86_64
@@ -51,11 +50,10 @@ __all__ = [
     "KEXEC_CRASH_HP_INVALID_CPU",
     "RFC",
     "UPSTREAM",
-    "CostSink",
     "CrashHotplug",
     "Design",
     "HotplugRecord",
-    "NullCosts",
+    "Window",
 ]
 
 KEXEC_CRASH_HP_INVALID_CPU = 0xFFFFFFFF
@@ -65,19 +63,6 @@ HP_ACTION_NAMES = {
     KEXEC_CRASH_HP_ADD_MEMORY: "add memory",
     KEXEC_CRASH_HP_REMOVE_MEMORY: "remove memory",
 }
-
-
-class CostSink(Protocol):
-    """Where the handler reports the work it did, so a simulator can charge time for it."""
-
-    def spend(self, what: str, units: float = 1.0) -> None: ...
-
-
-class NullCosts:
-    """Charges nothing (the default outside a simulation)."""
-
-    def spend(self, what: str, units: float = 1.0) -> None:
-        return None
 
 
 @dataclass(frozen=True)
@@ -114,6 +99,16 @@ DESIGNS: dict[str, Design] = {d.name: d for d in (UPSTREAM, RFC)}
 
 
 @dataclass(frozen=True)
+class Window:
+    """An interval of machine time in which a panic would find the kdump path blocked: the
+    kexec lock held (``lock``) or the crash image hidden (``hidden``)."""
+
+    start: float
+    end: float
+    kind: str
+
+
+@dataclass(frozen=True)
 class HotplugRecord:
     """One call of ``crash_handle_hotplug_event`` and what came of it."""
 
@@ -135,12 +130,26 @@ class CrashHotplug:
     kexec: Kexec
     design: Design = UPSTREAM
     arch: ArchCrashHotplug = field(default_factory=X86_64)
-    costs: CostSink = field(default_factory=NullCosts)
     #: called before every write an update makes, with a name for the step (panic injection)
     on_step: Callable[[str], None] | None = None
     records: list[HotplugRecord] = field(default_factory=list)
+    #: when the handler held the kexec lock or hid the image (machine time, from the step costs)
+    windows: list[Window] = field(default_factory=list)
+    #: machine time each regeneration landed
+    updated_at: list[float] = field(default_factory=list)
     _mutex: threading.Lock = field(default_factory=threading.Lock)
     _registered: bool = False
+    #: seconds into the current update (the update runs at one instant of the clock; its parts are
+    #: laid out after it for the windows)
+    _elapsed: float = 0.0
+
+    def spend(self, what: str, units: float = 1.0, window: str | None = None) -> None:
+        """Account for a part of the update; ``window`` names what a panic would find meanwhile."""
+        d = self.cost(what, units)
+        if window is not None and d > 0:
+            t = self.kexec.machine.clock.now + self._elapsed
+            self.windows.append(Window(t, t + d, window))
+        self._elapsed += d
 
     # -- registration ------------------------------------------------------------------------
     def crash_hotplug_init(self) -> CrashHotplug:
@@ -177,9 +186,14 @@ class CrashHotplug:
         if self.on_step is not None:
             self.on_step(name)
 
+    def cost(self, what: str, units: float = 1.0) -> float:
+        """Seconds a step of the update takes under the machine clock's costs."""
+        return self.kexec.machine.clock.cost(what, units)
+
     def crash_handle_hotplug_event(self, hp_action: int, cpu: int, arg: MemoryNotify | None) -> Outcome:
         """``crash_handle_hotplug_event``"""
         with self._mutex:
+            self._elapsed = 0.0
             outcome = self._handle_locked(hp_action, cpu, arg)
         block = (arg.start, arg.end) if arg is not None else None
         self.records.append(HotplugRecord(len(self.records), hp_action,
@@ -193,6 +207,7 @@ class CrashHotplug:
             if not kexec.kexec_in_progress:
                 machine.printk("crash hp: kexec_trylock() failed, kdump image may be inaccurate")
             return Outcome.LOCK_BUSY
+        start = machine.clock.now
         try:
             image = kexec.kexec_crash_image
             if image is None:
@@ -211,12 +226,17 @@ class CrashHotplug:
             kexec.arch_kexec_unprotect_crashkres()
             image.hp_action = hp_action
             outcome = self.arch.arch_crash_handle_hotplug_event(self, image, arg)
+            if outcome is Outcome.UPDATED:
+                self.updated_at.append(start + self._elapsed)
             image.hp_action = KEXEC_CRASH_HP_NONE
             # Errors in the arch handler are not a reason to roll back state.
             image.elfcorehdr_updated = True
             kexec.arch_kexec_protect_crashkres()
             return outcome
         finally:
+            self.spend("crash_hotplug_event")
+            if self._elapsed > 0:
+                self.windows.append(Window(start, start + self._elapsed, "lock"))
             kexec.kexec_unlock()
 
     def crash_check_hotplug_support(self) -> int:

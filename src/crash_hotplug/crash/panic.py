@@ -78,6 +78,8 @@ def crash_kexec(kexec: Kexec, panic_cpu: int) -> PanicResult:
         for cpu in saved:
             crash_save_cpu(machine, cpu)
         machine.crash_save_vmcoreinfo(1_700_000_000 + machine.clock_us // 1_000_000)
+        for hook in kexec.crash_kexec_hooks:
+            hook()
         if not kimage_verify_digest(image, machine):
             return PanicResult(panic_cpu, DumpLost.DIGEST_MISMATCH, saved_cpus=saved)
         # the capture kernel finds the header where its command line says (elfcorehdr=)

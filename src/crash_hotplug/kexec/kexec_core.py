@@ -8,6 +8,8 @@ machine's sysfs (``kexec_crash_loaded``, ``crash_hotplug``) shows the kexec stat
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from crash_hotplug.kexec.kimage import KexecError, Kimage
 from crash_hotplug.kexec.lock import KexecLock
 from crash_hotplug.kexec.purgatory import verify_sha256_digest
@@ -26,6 +28,8 @@ class Kexec:
         self.kexec_crash_image: Kimage | None = None
         #: ``kexec_in_progress``: a kexec reboot is under way
         self.kexec_in_progress = False
+        #: run by the panic path once the other CPUs are stopped, before purgatory
+        self.crash_kexec_hooks: list[Callable[[], None]] = []
         machine.kexec = self
 
     # -- crashkernel -------------------------------------------------------------------------

@@ -105,6 +105,9 @@ def crash_load_segments(kx: Kexec, image: Kimage) -> None:
     buf, nr_ranges = prepare_elf_headers(m.kernel_state())
     bufsz = len(buf)
     memsz = crash_load_segments_memsz(m.config, bufsz, nr_ranges)
+    if image.elfcorehdr_slots > 1:
+        # room for two complete headers; the capture kernel is pointed at the first
+        memsz = -(-memsz // PAGE_SIZE) * PAGE_SIZE * image.elfcorehdr_slots
     image.elf_headers = buf
     image.elf_headers_sz = bufsz
     if m.config.crash_hotplug and memsz != bufsz:
@@ -195,12 +198,13 @@ def kexec_calculate_store_digests(image: Kimage, *, crash_hotplug: bool, digest_
 
 def kexec_file_load(kx: Kexec, payload: KexecPayload | None = None, flags: int = KEXEC_FILE_ON_CRASH, *,
                     purgatory: bytes | None = None, digest_bug_6_6: bool = False,
-                    elfcorehdr_in_digest: bool = False) -> Kimage | None:
+                    elfcorehdr_in_digest: bool = False, elfcorehdr_slots: int = 1) -> Kimage | None:
     """The ``kexec_file_load`` system call. Raises :class:`KexecBusyError` when the kexec lock is
     taken, :class:`KexecError` on bad flags or no room. Returns the loaded image (None on unload).
 
     ``elfcorehdr_in_digest`` digests the elfcorehdr even with ``CONFIG_CRASH_HOTPLUG``, as the RFC v1
-    design did (its handler re-digests after every rewrite)."""
+    design did (its handler re-digests after every rewrite). ``elfcorehdr_slots=2`` reserves room
+    for two headers (the ``ours`` design's double buffer)."""
     if flags & ~KEXEC_FILE_FLAGS:
         raise KexecError(f"unknown kexec_file_load flags {flags & ~KEXEC_FILE_FLAGS:#x}")
     crash = bool(flags & KEXEC_FILE_ON_CRASH)
@@ -219,7 +223,8 @@ def kexec_file_load(kx: Kexec, payload: KexecPayload | None = None, flags: int =
             raise KexecError("only crash images (KEXEC_FILE_ON_CRASH) are modelled")
         if payload is None:
             raise KexecError("kexec_file_load needs a kernel")
-        image = Kimage(type=KEXEC_TYPE_CRASH, file_mode=True, digest_symbols=KERNEL_SYMBOLS, flags=flags)
+        image = Kimage(type=KEXEC_TYPE_CRASH, file_mode=True, digest_symbols=KERNEL_SYMBOLS, flags=flags,
+                       elfcorehdr_slots=elfcorehdr_slots)
         if kx.machine.config.crash_hotplug:
             image.hotplug_support = True
         bzimage64_load(kx, image, payload, build_purgatory() if purgatory is None else purgatory)

@@ -114,6 +114,10 @@ class Kimage:
     #: names of the (regions, digest) symbols the purgatory uses
     digest_symbols: tuple[str, str] = ("purgatory_sha_regions", "purgatory_sha256_digest")
     flags: int = 0
+    #: complete headers the elfcorehdr segment has room for (2: the ``ours`` double buffer)
+    elfcorehdr_slots: int = 1
+    #: which slot holds the header to dump (0: the one ``elfcorehdr=`` points at)
+    elfcorehdr_active: int = 0
 
     @property
     def nr_segments(self) -> int:

@@ -32,6 +32,9 @@ class Outcome(StrEnum):
     TOO_BIG = "new header larger than the segment; old header kept"
     BUILD_FAILED = "unable to create new elfcorehdr; old header kept"
     NOT_HANDLED = "event not handled by this design"
+    QUEUED = "queued for a coalesced update"
+    UNCHANGED = "rebuilt header identical to the one in place; nothing written"
+    DEFERRED = "kexec lock busy: deferred until it is released"
 
 
 class ArchCrashHotplug(Protocol):

@@ -60,7 +60,7 @@ class X86_64:
         except CrashMemError:
             machine.printk("crash hp: unable to create new elfcorehdr")
             return Outcome.BUILD_FAILED
-        hp.costs.spend("elfcorehdr_build_phdr", (len(elfbuf) - 64) // 56)
+        hp.spend("elfcorehdr_build_phdr", (len(elfbuf) - 64) // 56)
         seg = image.segments[image.elfcorehdr_index]
         if len(elfbuf) > seg.memsz:
             machine.printk(f"crash hp: update elfcorehdr elfsz {len(elfbuf)} > memsz {seg.memsz}")
@@ -72,12 +72,12 @@ class X86_64:
         for off in range(0, len(elfbuf), PAGE_SIZE):
             hp.step(f"copy elfcorehdr page {off // PAGE_SIZE}")
             machine.mem.write(seg.mem + off, elfbuf[off : off + PAGE_SIZE])
-        hp.costs.spend("elfcorehdr_copy_page", -(-len(elfbuf) // PAGE_SIZE))
+        hp.spend("elfcorehdr_copy_page", -(-len(elfbuf) // PAGE_SIZE), window="hidden")
         hp.step("restore crash image")
         kexec.kexec_crash_image = image
         if hp.design.elfcorehdr_in_digest:
             hp.step("patch purgatory digest")
             kexec_purgatory_repatch(kexec, image)
-            hp.costs.spend("purgatory_redigest_byte", sum(s.memsz for s in image.segments))
+            hp.spend("purgatory_redigest_byte", sum(s.memsz for s in image.segments))
         machine.printk("crash hp: updated elfcorehdr")
         return Outcome.UPDATED
