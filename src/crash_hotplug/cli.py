@@ -6,22 +6,20 @@ snapshot, or an extracted sosreport. Bad input ends with one line on stderr and 
 
 from __future__ import annotations
 
-import functools
 import json
 import sys
-from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 import click
-from rich.console import Console
 from rich.table import Table
 
 from crash_hotplug.cli_audit import audit, render_report
+from crash_hotplug.cli_common import fails_cleanly, out
+from crash_hotplug.cli_simulate import simulate
 from crash_hotplug.crash.x86_64 import crash_load_segments_memsz, prepare_elf_headers
 from crash_hotplug.elf.core import read_core_file
-from crash_hotplug.errors import CrashHotplugError
 from crash_hotplug.inspect import HeaderSummary, diff_headers, summarize
 from crash_hotplug.scenario import SCENARIO_DESIGNS, SCRIPTED_STEPS, ScenarioError, load_steps, run_scenario
 from crash_hotplug.snapshot.reader import read_kernel_state
@@ -31,29 +29,12 @@ from crash_hotplug.status import kdump_status
 P = ParamSpec("P")
 R = TypeVar("R")
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
-
 PAGE_SIZE = 4096
 
 
 def example_root() -> Path:
     """The bundled example snapshot (a 4 GiB, 2-CPU guest with kdump loaded)."""
     return Path(str(resources.files("crash_hotplug") / "data" / "example" / "root"))
-
-
-def fails_cleanly(fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn the package's errors into one line on stderr and exit status 2."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except CrashHotplugError as e:
-            err.print(f"crash-hotplug: error: {e}", markup=False, soft_wrap=True)
-            sys.exit(2)
-
-    return wrapper
 
 
 def _size(n: int) -> str:
@@ -323,6 +304,7 @@ def demo(root: Path | None) -> None:
 
 
 cli.add_command(audit)
+cli.add_command(simulate)
 
 
 def main() -> None:

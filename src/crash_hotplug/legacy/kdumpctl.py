@@ -45,6 +45,8 @@ class KdumpService:
     reloads: int = 0
     #: (start, end) of each interval with no crash image loaded
     unloaded: list[tuple[float, float]] = field(default_factory=list)
+    #: (start, end) of each interval a kexec syscall of a reload held the kexec lock
+    lock_windows: list[tuple[float, float]] = field(default_factory=list)
     _busy: bool = False
     _waiting: deque[Callable[[], None]] = field(default_factory=deque)
 
@@ -104,6 +106,8 @@ class KdumpService:
             then()
             return
         held = self.kexec.kexec_trylock()
+        if held:
+            self.lock_windows.append((self._clock.now, self._clock.now + seconds))
 
         def finish() -> None:
             if held:

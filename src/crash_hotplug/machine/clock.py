@@ -45,6 +45,8 @@ class Clock:
 
     now: float = 0.0
     costs: StepCosts = field(default_factory=ZeroCosts)
+    #: called after every timer fires (a simulator observes the state there)
+    after_fire: list[Callable[[], None]] = field(default_factory=list)
     _queue: list[Timer] = field(default_factory=list)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
 
@@ -86,6 +88,8 @@ class Clock:
             t = heapq.heappop(self._queue)
             self.now = t.when
             t.fn()
+            for fn in self.after_fire:
+                fn()
         self.now = max(self.now, when)
 
     def run_until_idle(self, limit: float = float("inf")) -> None:

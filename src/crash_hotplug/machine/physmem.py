@@ -39,6 +39,8 @@ class PhysMem:
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
         self._pages: dict[int, bytearray] = {}
+        #: how many writes were made (cheap change detection for observers)
+        self.writes = 0
 
     def _page(self, pfn: int) -> bytearray:
         page = self._pages.get(pfn)
@@ -60,6 +62,7 @@ class PhysMem:
         return bytes(out)
 
     def write(self, paddr: int, data: bytes) -> None:
+        self.writes += 1
         pos, i = paddr, 0
         while i < len(data):
             pfn, off = divmod(pos, PAGE_SIZE)

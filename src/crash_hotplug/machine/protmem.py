@@ -52,6 +52,7 @@ class GuardedPhysMem(PhysMem):
         for rng in self._ro:
             if not (paddr + len(data) - 1 < rng[0] or paddr > rng[1]):
                 raise ProtectedMemoryWriteError(paddr, len(data), rng)
+        self.writes += 1
         # whole pages are stored as they are (no need to start from the pattern)
         head = min(len(data), -paddr % PAGE_SIZE)
         if head:
