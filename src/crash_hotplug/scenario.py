@@ -26,11 +26,12 @@ from crash_hotplug.crash.hotplug import DESIGNS, CrashHotplug
 from crash_hotplug.crash.ours import OursCrashHotplug, OursOptions
 from crash_hotplug.crash.panic import PanicResult, crash_kexec, write_panic_artifacts
 from crash_hotplug.crash.vmcore import VmcoreFile
+from crash_hotplug.elf.structs import Elf64_Ehdr
 from crash_hotplug.errors import CrashHotplugError
 from crash_hotplug.kexec.kexec_core import Kexec
 from crash_hotplug.kexec.kexec_file import KexecPayload, kexec_file_load
 from crash_hotplug.kexec.kexec_load import kexec_tools_load
-from crash_hotplug.kexec.kimage import Kimage
+from crash_hotplug.kexec.kimage import Kimage, kimage_find_elfcorehdr
 from crash_hotplug.legacy.kdumpctl import KdumpService
 from crash_hotplug.legacy.udevd import RULES_ALWAYS_RELOAD, RULES_CRASH_HOTPLUG_AWARE, UdevDaemon, bundled_rules
 from crash_hotplug.machine.machine import MIB, Machine
@@ -145,10 +146,10 @@ class ScenarioRun:
         image = self.current_image or self.image
         if image is None:
             raise ScenarioError("no kdump image loaded")
-        seg = image.segments[image.elfcorehdr_index] if image.elfcorehdr_index >= 0 else None
-        addr = image.elf_load_addr if seg is None else seg.mem
-        from crash_hotplug.elf.structs import Elf64_Ehdr
-
+        index = image.elfcorehdr_index
+        if index < 0:
+            index = kimage_find_elfcorehdr(image, self.machine.mem)
+        addr = image.elf_load_addr if index < 0 else image.segments[index].mem
         ehdr = Elf64_Ehdr.unpack(self.machine.mem.read(addr, 64))
         used = 64 + 56 * ehdr.e_phnum
         return self.machine.mem.read(addr, -(-used // 4096) * 4096)
