@@ -152,3 +152,15 @@ def test_cli_json_and_plot(tmp_path: Path) -> None:
     res = CliRunner().invoke(cli, ["simulate", "resize", "--from", "4G", "--to", "5G"])
     assert res.exit_code == 2 and "not a whole number" in res.stderr
     assert measure  # the metrics module is what the CLI reports
+
+
+def test_recalibrate_from_a_real_kernel_timing_json() -> None:
+    from tests.conftest import VECTORS
+
+    if VECTORS is None:
+        pytest.skip("no vectors")
+    c = CostModel.default().recalibrated(VECTORS / "6.12" / "timing.json")
+    assert math.isclose(c.cost("crash_hotplug_event"), 0.000692)
+    assert math.isclose(c.cost("kexec_file_load"), 0.70586745)
+    assert "6.12" in c.table["kexec_file_load"].source
+    assert c.cost("resize_block_interval") == CostModel.default().cost("resize_block_interval")

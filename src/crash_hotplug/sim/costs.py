@@ -71,7 +71,8 @@ class CostModel:
             raise CostModelError(f"no cost for step {what!r}") from None
 
     def recalibrated(self, path: Path) -> CostModel:
-        """A copy with the values (and sources) from ``path``."""
+        """A copy with the values (and sources) from ``path``: a file of step costs, or a lab run's
+        (or the vectors') ``timing.json``."""
         try:
             data = json.loads(path.read_text())
         except OSError as e:
@@ -80,6 +81,8 @@ class CostModel:
             raise CostModelError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
         if not isinstance(data, dict):
             raise CostModelError(f"{path}: expected an object of step names")
+        if "summary" in data and "methods" in data:
+            data = _from_timing_json(data, path)
         table = dict(self.table)
         for name, v in data.items():
             if name not in table:
@@ -97,3 +100,36 @@ class CostModel:
 
     def sources(self) -> list[tuple[str, float, str, str]]:
         return [(k, c.seconds, c.unit, c.source) for k, c in sorted(self.table.items())]
+
+
+def _from_timing_json(data: dict[str, object], path: Path) -> dict[str, object]:
+    """Step costs from a real-kernel ``timing.json`` (the lab's, or the vectors'); steps it does not
+    measure keep their defaults."""
+    where = f"{path} ({data.get('kernel', '?')}, {data.get('accel', '?')})"
+    out: dict[str, object] = {}
+
+    def get(*keys: str) -> float | None:
+        cur: object = data
+        for k in keys:
+            if not isinstance(cur, dict) or k not in cur:
+                return None
+            cur = cur[k]
+        return float(cur) if isinstance(cur, (int, float)) else None
+
+    pairs = {
+        "crash_hotplug_event": (("summary", "in_kernel_update_median_s", "3"), 1.0),
+        "kexec_file_load": (("summary", "full_reload_median_s", "kexec_file_load (-s)", "load"), 1.0),
+        "kexec_unload": (("summary", "full_reload_median_s", "kexec_file_load (-s)", "unload"), 1.0),
+        "kexec_load": (("summary", "full_reload_median_s", "kexec_load (no -s)", "load"), 1.0),
+        "memory_block_online": (("memory_toggle_sysfs_write_ns", "unloaded", "online_write_ns", "median"), 1e-9),
+        "memory_block_offline": (("memory_toggle_sysfs_write_ns", "unloaded", "offline_write_ns", "median"), 1e-9),
+        "cpu_online": (("cpu_toggle_sysfs_write_ns", "unloaded", "online_write_ns", "median"), 1e-9),
+        "cpu_offline": (("cpu_toggle_sysfs_write_ns", "unloaded", "offline_write_ns", "median"), 1e-9),
+    }
+    for name, (keys, scale) in pairs.items():
+        v = get(*keys)
+        if v is not None:
+            out[name] = {"seconds": v * scale, "source": f"{where}: {'.'.join(keys)}"}
+    if not out:
+        raise CostModelError(f"{path}: a timing.json without any measurement this model uses")
+    return out
