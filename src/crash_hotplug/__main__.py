@@ -1,0 +1,5 @@
+"""``python -m crash_hotplug``: the command line."""
+
+from crash_hotplug.cli import main
+
+main()

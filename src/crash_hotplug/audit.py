@@ -1,0 +1,610 @@
+"""A vmcore against the machine at the moment of the panic: is anything missing from the dump?
+
+The machine is a snapshot root (``proc/``, ``sys/`` as the crashed kernel showed them just before
+the panic). Three questions:
+
+* CPU contexts: every CPU online at the panic should have an NT_PRSTATUS note; an offline CPU
+  has none (its ``crash_notes`` buffer stays zero and ``/proc/vmcore`` drops it).
+* Memory: the vmcore's RAM PT_LOADs against the System RAM of ``/proc/iomem`` minus the low
+  1 MiB and the crashkernel regions (what ``arch/x86/kernel/crash.c: prepare_elf_headers`` would
+  list). Offline memory blocks that were dumped are noted, not counted as a gap: upstream keeps
+  them, since iomem still lists them.
+* Bytes: with memory data in the file and a model machine's ``machine.json`` (its
+  ``memory_pattern_seed``), sampled pages must hold :func:`~crash_hotplug.machine.physmem.page_pattern`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from crash_hotplug.crash.core import CrashMem, crash_exclude_mem_range
+from crash_hotplug.crash.vmcore import PrstatusNote, VmcoreFile, read_vmcore_file
+from crash_hotplug.crash.x86_64 import SZ_1M
+from crash_hotplug.elf.constants import NT_PRSTATUS
+from crash_hotplug.elf.notes import iter_notes
+from crash_hotplug.elf.prstatus import CRASH_CORE_NOTE_BYTES, USER_REGS
+from crash_hotplug.errors import ElfFormatError, SnapshotError
+from crash_hotplug.machine.physmem import MODEL_STATE_FILE, PAGE_SIZE, page_pattern
+from crash_hotplug.machine.resource import CRASH_KERNEL, walk_system_ram_res
+from crash_hotplug.snapshot.reader import CPU_DIR, MEM_DIR, read_cpulist, read_iomem
+from crash_hotplug.snapshot.root import FsRoot
+
+__all__ = [
+    "AuditReport",
+    "ByteCheck",
+    "CpuRow",
+    "CpuState",
+    "Finding",
+    "MachineAtPanic",
+    "MemoryCheck",
+    "ModelState",
+    "audit",
+    "audit_vmcore",
+    "read_machine_at_panic",
+    "read_model_state",
+]
+
+#: an inclusive physical range ``(start, end)``
+Range = tuple[int, int]
+
+DEFAULT_SAMPLES: Final = 64
+
+
+# ---------------------------------------------------------------------------------------------
+# Ranges
+
+
+def _merge(ranges: list[Range]) -> list[Range]:
+    out: list[Range] = []
+    for s, e in sorted(ranges):
+        if out and s <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def _subtract(a: list[Range], b: list[Range]) -> list[Range]:
+    """The parts of ``a`` not covered by ``b`` (both merged)."""
+    out: list[Range] = []
+    for s, e in a:
+        cur = s
+        for bs, be in b:
+            if be < cur or bs > e:
+                continue
+            if bs > cur:
+                out.append((cur, bs - 1))
+            cur = max(cur, be + 1)
+            if cur > e:
+                break
+        if cur <= e:
+            out.append((cur, e))
+    return out
+
+
+def _intersect(a: list[Range], b: list[Range]) -> list[Range]:
+    return _merge([(max(s, bs), min(e, be)) for s, e in a for bs, be in b if max(s, bs) <= min(e, be)])
+
+
+def _hex_ranges(ranges: list[Range]) -> list[dict[str, str]]:
+    return [{"start": f"{s:#x}", "end": f"{e:#x}"} for s, e in ranges]
+
+
+# ---------------------------------------------------------------------------------------------
+# The machine at the panic
+
+
+@dataclass(frozen=True)
+class CpuState:
+    """A CPU as the model machine left it at the panic: its task's pid and registers (any subset)."""
+
+    pr_pid: int | None = None
+    regs: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """``var/lib/crash-hotplug/machine.json`` of a model machine's snapshot.
+
+    ``memory_pattern_seed`` (required): every page not in ``written_ranges`` holds
+    ``page_pattern(pfn, seed)``; ``cpus``: ``{"N": {"pr_pid": int, "regs": {"ip": int, ...}}}``;
+    ``panic_cpu``: the CPU that panicked.
+    """
+
+    memory_pattern_seed: int
+    written_ranges: tuple[Range, ...] = ()
+    cpus: dict[int, CpuState] = field(default_factory=dict)
+    panic_cpu: int | None = None
+
+
+def _int(v: object, what: str) -> int:
+    if isinstance(v, bool):
+        raise ValueError(f"{what}: expected an integer, found {v!r}")
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str):
+        try:
+            return int(v, 0)
+        except ValueError:
+            pass
+    raise ValueError(f"{what}: expected an integer, found {v!r}")
+
+
+def read_model_state(root: FsRoot) -> ModelState | None:
+    """The model machine's state under ``root``, or None when the snapshot has no ``machine.json``."""
+    text = root.read_optional(MODEL_STATE_FILE)
+    if text is None:
+        return None
+    where = root.display(MODEL_STATE_FILE)
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict) or "memory_pattern_seed" not in data:
+            raise ValueError("has no memory_pattern_seed")
+        seed = _int(data["memory_pattern_seed"], "memory_pattern_seed")
+        written = tuple(
+            (_int(r[0], "written_ranges start"), _int(r[1], "written_ranges end"))
+            for r in data.get("written_ranges", [])
+        )
+        cpus: dict[int, CpuState] = {}
+        for key, st in dict(data.get("cpus", {})).items():
+            regs = {str(k): _int(v, f"cpus.{key}.regs.{k}") for k, v in dict(st.get("regs", {})).items()}
+            unknown = sorted(set(regs) - set(USER_REGS))
+            if unknown:
+                raise ValueError(f"cpus.{key}.regs: {unknown[0]!r} is not a user_regs_struct register")
+            pid = st.get("pr_pid")
+            cpus[_int(key, "cpus key")] = CpuState(None if pid is None else _int(pid, f"cpus.{key}.pr_pid"), regs)
+        panic = data.get("panic_cpu")
+        return ModelState(seed, written, cpus, None if panic is None else _int(panic, "panic_cpu"))
+    except json.JSONDecodeError as e:
+        raise SnapshotError(where, f"not JSON ({e.msg} at line {e.lineno})") from None
+    except (ValueError, TypeError, AttributeError, IndexError) as e:
+        raise SnapshotError(where, str(e) or "malformed") from None
+
+
+@dataclass(frozen=True)
+class MachineAtPanic:
+    """What the snapshot says the audit needs: online CPUs, RAM, offline blocks, note addresses."""
+
+    root: Path
+    online: tuple[int, ...]
+    present: tuple[int, ...]
+    system_ram: tuple[Range, ...]
+    crash_kernel: tuple[Range, ...]
+    #: System RAM minus [0, 1 MiB) and the crashkernel regions: what the header should list
+    expected_ram: tuple[Range, ...]
+    #: memory blocks that are offline; None when the snapshot has no memory block files
+    offline_memory: tuple[Range, ...] | None
+    crash_notes: dict[int, int]
+    model: ModelState | None
+
+
+def _memory_blocks_offline(root: FsRoot) -> tuple[Range, ...] | None:
+    if not root.exists(f"{MEM_DIR}/block_size_bytes"):
+        return None
+    block = root.read_int(f"{MEM_DIR}/block_size_bytes", 16)
+    if block <= 0:
+        raise SnapshotError(root.display(f"{MEM_DIR}/block_size_bytes"), f"block size {block} is not positive")
+    offline: list[Range] = []
+    for d in sorted(root.file(MEM_DIR).glob("memory[0-9]*")):
+        rel = f"{MEM_DIR}/{d.name}"
+        state = root.read_text(f"{rel}/state").strip()
+        if state == "offline":
+            idx = root.read_int(f"{rel}/phys_index", 16)
+            offline.append((idx * block, (idx + 1) * block - 1))
+    return tuple(_merge(offline))
+
+
+def read_machine_at_panic(root_dir: Path) -> MachineAtPanic:
+    """The machine state under ``root_dir``; :class:`SnapshotError` names a missing or bad file."""
+    root = FsRoot(Path(root_dir))
+    online = read_cpulist(root, "online")
+    present = read_cpulist(root, "present") if root.exists(f"{CPU_DIR}/present") else online
+    iomem = read_iomem(root)
+    system_ram = list(walk_system_ram_res(iomem))
+    if not system_ram:
+        raise SnapshotError(root.display("proc/iomem"), "has no System RAM")
+    crash = sorted((r.start, r.end) for r in iomem.find(CRASH_KERNEL))
+    cmem = CrashMem(max_nr_ranges=len(system_ram) + 2 * len(crash) + 2, ranges=list(system_ram))
+    crash_exclude_mem_range(cmem, 0, SZ_1M - 1)
+    for s, e in crash:
+        crash_exclude_mem_range(cmem, s, e)
+    notes = {
+        cpu: root.read_int(f"{CPU_DIR}/cpu{cpu}/crash_notes", 16)
+        for cpu in present
+        if root.exists(f"{CPU_DIR}/cpu{cpu}/crash_notes")
+    }
+    return MachineAtPanic(
+        root=root.path,
+        online=online,
+        present=present,
+        system_ram=tuple(system_ram),
+        crash_kernel=tuple(crash),
+        expected_ram=tuple(_merge(cmem.ranges)),
+        offline_memory=_memory_blocks_offline(root),
+        crash_notes=notes,
+        model=read_model_state(root),
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One gap: ``kind`` is ``cpu-missing``, ``cpu-extra``, ``registers-differ``, ``memory-missing``,
+    ``memory-extra``, ``bytes-differ`` or ``data-truncated``."""
+
+    kind: str
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"kind": self.kind, "message": self.message}
+
+
+@dataclass(frozen=True)
+class CpuRow:
+    """One CPU: online at the panic?, which note (by position in the vmcore) it got, and the verdict."""
+
+    cpu: int
+    online: bool
+    note: int | None
+    pr_pid: int | None
+    ip: int | None
+    status: str
+    detail: str = ""
+    panic: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "cpu": self.cpu, "online": self.online, "note": self.note, "pr_pid": self.pr_pid,
+            "ip": None if self.ip is None else f"{self.ip:#x}", "status": self.status,
+            "detail": self.detail, "panic": self.panic,
+        }
+
+
+@dataclass(frozen=True)
+class MemoryCheck:
+    dumped: list[Range]
+    expected: list[Range]
+    missing: list[Range]
+    extra: list[Range]
+    offline_dumped: list[Range] | None
+    kernel_text: tuple[int, int, int] | None  # vaddr, paddr, size
+
+    def to_json(self) -> dict[str, Any]:
+        kt = self.kernel_text
+        return {
+            "dumped": _hex_ranges(self.dumped),
+            "expected": _hex_ranges(self.expected),
+            "missing": _hex_ranges(self.missing),
+            "extra": _hex_ranges(self.extra),
+            "offline_dumped": None if self.offline_dumped is None else _hex_ranges(self.offline_dumped),
+            "kernel_text": None if kt is None else {"vaddr": f"{kt[0]:#x}", "paddr": f"{kt[1]:#x}", "size": kt[2]},
+        }
+
+
+@dataclass(frozen=True)
+class ByteCheck:
+    """Sampled pages against the model's pattern; ``done`` False with the ``reason`` it was skipped."""
+
+    done: bool
+    reason: str
+    samples: int = 0
+    candidates: int = 0
+    mismatches: tuple[int, ...] = ()  # physical addresses of pages that differ
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "done": self.done, "reason": self.reason, "samples": self.samples, "candidate_pages": self.candidates,
+            "mismatches": [f"{a:#x}" for a in self.mismatches],
+        }
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    vmcore: str
+    root: str
+    vmcoreinfo: dict[str, str]
+    file_size: int
+    data_end: int
+    cpu_method: str
+    cpus: list[CpuRow]
+    memory: MemoryCheck
+    bytes: ByteCheck
+    findings: list[Finding]
+    notes: list[str]
+
+    @property
+    def complete(self) -> bool:
+        return not self.findings
+
+    @property
+    def exit_status(self) -> int:
+        """0 when the vmcore holds everything the machine had, 1 on any gap."""
+        return 0 if self.complete else 1
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "vmcore": self.vmcore,
+            "root": self.root,
+            "complete": self.complete,
+            "exit_status": self.exit_status,
+            "vmcoreinfo": self.vmcoreinfo,
+            "file_size": self.file_size,
+            "full_size": self.data_end,
+            "cpu_method": self.cpu_method,
+            "cpus": [c.to_json() for c in self.cpus],
+            "memory": self.memory.to_json(),
+            "bytes": self.bytes.to_json(),
+            "findings": [f.to_json() for f in self.findings],
+            "notes": self.notes,
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+# CPU contexts
+
+
+@dataclass
+class _CpuMatch:
+    method: str
+    by_cpu: dict[int, PrstatusNote]
+    unmatched: list[PrstatusNote]
+    saved_without_note: set[int] = field(default_factory=set)
+    note: str | None = None
+
+
+def _saved_prstatus(raw: bytes) -> bytes | None:
+    """The NT_PRSTATUS descriptor a ``crash_notes`` buffer holds, if any."""
+    try:
+        for n in iter_notes(raw):
+            if n.name == "CORE" and n.n_type == NT_PRSTATUS:
+                return n.desc
+            return None
+    except ElfFormatError:
+        return None
+    return None
+
+
+def _match_by_crash_notes(vf: VmcoreFile, m: MachineAtPanic) -> _CpuMatch | None:
+    """Read each CPU's ``crash_notes`` through the vmcore's PT_LOADs and find its note by content."""
+    if not vf.has_data or not m.crash_notes:
+        return None
+    by_cpu: dict[int, PrstatusNote] = {}
+    left = list(vf.prstatus)
+    saved: set[int] = set()
+    for cpu, addr in sorted(m.crash_notes.items()):
+        raw = vf.read_phys(addr, CRASH_CORE_NOTE_BYTES)
+        if raw is None:
+            return None
+        desc = _saved_prstatus(raw)
+        if desc is None:
+            continue
+        hit = next((n for n in left if n.desc == desc), None)
+        if hit is None:
+            saved.add(cpu)
+            continue
+        left.remove(hit)
+        by_cpu[cpu] = hit
+    if left:
+        return None
+    return _CpuMatch("crash_notes", by_cpu, [], saved)
+
+
+def _regs_match(note: PrstatusNote, st: CpuState) -> bool:
+    if st.pr_pid is not None and st.pr_pid != note.pr_pid:
+        return False
+    return all(note.prstatus.reg(k) == v for k, v in st.regs.items())
+
+
+def _match_by_model(vf: VmcoreFile, m: MachineAtPanic) -> _CpuMatch | None:
+    if m.model is None or not m.model.cpus or not vf.prstatus:
+        return None
+    by_cpu: dict[int, PrstatusNote] = {}
+    for note in vf.prstatus:
+        cpu = next((c for c, st in sorted(m.model.cpus.items()) if c not in by_cpu and _regs_match(note, st)), None)
+        if cpu is None:
+            return None
+        by_cpu[cpu] = note
+    return _CpuMatch("machine.json", by_cpu, [])
+
+
+def _match_by_order(vf: VmcoreFile, m: MachineAtPanic) -> _CpuMatch:
+    online = sorted(m.online)
+    notes = list(vf.prstatus)
+    by_cpu = dict(zip(online, notes, strict=False))
+    match = _CpuMatch("order", by_cpu, notes[len(online):])
+    if len(notes) != len(online):
+        match.note = (
+            f"{len(notes)} NT_PRSTATUS notes for {len(online)} online CPUs: notes were matched to online CPUs "
+            "in ascending order, so which CPUs lack register state is inferred, not read (a whole vmcore with "
+            "cpuN/crash_notes in the snapshot, or machine.json with each CPU's registers, identifies them)"
+        )
+    return match
+
+
+def _check_cpus(
+    vf: VmcoreFile, m: MachineAtPanic, findings: list[Finding], notes: list[str]
+) -> tuple[str, list[CpuRow]]:
+    match = _match_by_crash_notes(vf, m) or _match_by_model(vf, m) or _match_by_order(vf, m)
+    if match.note:
+        notes.append(match.note)
+    model = m.model
+    panic = model.panic_cpu if model else None
+    online = set(m.online)
+    rows: list[CpuRow] = []
+    for cpu in sorted(online | set(m.present) | set(match.by_cpu)):
+        note = match.by_cpu.get(cpu)
+        is_online = cpu in online
+        tag = " (the panic CPU)" if cpu == panic else ""
+        if note is None:
+            if not is_online:
+                rows.append(CpuRow(cpu, False, None, None, None, "offline", "", cpu == panic))
+                continue
+            detail = "online, but no NT_PRSTATUS in the vmcore"
+            if cpu in match.saved_without_note:
+                detail += " (its crash_notes buffer holds one: the elfcorehdr had no PT_NOTE for it)"
+            rows.append(CpuRow(cpu, True, None, None, None, "missing", detail, cpu == panic))
+            findings.append(Finding("cpu-missing", f"CPU {cpu}{tag}: {detail}"))
+            continue
+        ps = note.prstatus
+        if not is_online:
+            detail = f"offline, but note #{note.index} (pr_pid {ps.pr_pid}) belongs to it"
+            rows.append(CpuRow(cpu, False, note.index, ps.pr_pid, ps.ip, "extra", detail, cpu == panic))
+            findings.append(Finding("cpu-extra", f"CPU {cpu}: {detail}"))
+            continue
+        st = model.cpus.get(cpu) if model else None
+        if st is not None and not _regs_match(note, st):
+            diffs = [f"pr_pid {ps.pr_pid} != {st.pr_pid}"] if st.pr_pid is not None and st.pr_pid != ps.pr_pid else []
+            diffs += [f"{k} {ps.reg(k):#x} != {v:#x}" for k, v in st.regs.items() if ps.reg(k) != v]
+            detail = "; ".join(diffs[:4]) + (f"; {len(diffs) - 4} more" if len(diffs) > 4 else "")
+            rows.append(CpuRow(cpu, True, note.index, ps.pr_pid, ps.ip, "registers differ", detail, cpu == panic))
+            findings.append(
+                Finding("registers-differ", f"CPU {cpu}{tag}: saved registers differ from the machine's: {detail}")
+            )
+            continue
+        checked = " (registers checked)" if st is not None else ""
+        detail = f"note #{note.index}{checked}"
+        rows.append(CpuRow(cpu, True, note.index, ps.pr_pid, ps.ip, "saved", detail, cpu == panic))
+    for note in match.unmatched:
+        findings.append(Finding(
+            "cpu-extra",
+            f"note #{note.index} (pr_pid {note.pr_pid}, ip {note.prstatus.ip:#x}) matches no CPU online at the panic",
+        ))
+    return match.method, rows
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory and bytes
+
+
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift and n % (1 << shift) == 0:
+            return f"{n >> shift} {unit}"
+    return f"{n:#x} bytes"
+
+
+def _check_memory(vf: VmcoreFile, m: MachineAtPanic, findings: list[Finding], notes: list[str]) -> MemoryCheck:
+    dumped = _merge([(s.paddr, s.end) for s in vf.ram_loads if s.size > 0])
+    expected = list(m.expected_ram)
+    missing = _subtract(expected, dumped)
+    extra = _subtract(dumped, expected)
+    for s, e in missing:
+        findings.append(
+            Finding("memory-missing", f"System RAM {s:#x}-{e:#x} ({_size(e - s + 1)}) is not in the vmcore")
+        )
+    for s, e in extra:
+        findings.append(Finding(
+            "memory-extra", f"vmcore lists {s:#x}-{e:#x} ({_size(e - s + 1)}), which is not System RAM at the panic"
+        ))
+    offline = None
+    if m.offline_memory is not None:
+        offline = _intersect(dumped, list(m.offline_memory))
+        for s, e in offline:
+            notes.append(
+                f"memory {s:#x}-{e:#x} ({_size(e - s + 1)}) is dumped but its blocks were offline at the panic; "
+                "upstream keeps offline blocks in the header, since iomem still lists them"
+            )
+    text = vf.kernel_text
+    kt = None if text is None else (text.vaddr, text.paddr, text.size)
+    if text is None:
+        notes.append("the vmcore has no kernel-text PT_LOAD (tools that want the _text mapping will miss it)")
+    elif _subtract([(text.paddr, text.end)], dumped):
+        notes.append(f"kernel text {text.paddr:#x}-{text.end:#x} is not inside the dumped RAM")
+    return MemoryCheck(dumped, expected, missing, extra, offline, kt)
+
+
+def _check_bytes(
+    vf: VmcoreFile, m: MachineAtPanic, mem: MemoryCheck, samples: int, seed: int, findings: list[Finding]
+) -> ByteCheck:
+    why: list[str] = []
+    if vf.headers_only:
+        why.append("the file holds headers and notes only, no memory data")
+    elif not vf.has_data:
+        findings.append(Finding(
+            "data-truncated",
+            f"the file ends at {vf.file_size:#x} but its PT_LOAD data runs to {vf.data_end:#x}: the dump is truncated",
+        ))
+        why.append("the memory data is truncated")
+    if m.model is None:
+        why.append(f"the snapshot has no {MODEL_STATE_FILE} (no memory_pattern_seed)")
+    if samples == 0:
+        why.append("no pages asked for (--samples 0)")
+    if why or m.model is None:
+        return ByteCheck(False, "skipped: " + "; ".join(why))
+    written = _merge(list(m.model.written_ranges))
+    in_file = _merge([(s.paddr, s.paddr + s.filesz - 1) for s in vf.ram_loads if s.filesz])
+    pool = _subtract(_intersect(in_file, mem.expected), written)
+    # whole pages only
+    pages: list[tuple[int, int]] = []
+    for s, e in pool:
+        first, last = -(-s // PAGE_SIZE), (e + 1) // PAGE_SIZE - 1
+        if last >= first:
+            pages.append((first, last))
+    counts = [b - a + 1 for a, b in pages]
+    total = sum(counts)
+    if total == 0:
+        return ByteCheck(False, "skipped: no unwritten dumped page to sample")
+    starts: list[int] = []
+    acc = 0
+    for c in counts:
+        starts.append(acc)
+        acc += c
+    picks = sorted(random.Random(seed).sample(range(total), min(samples, total)))
+    bad: list[int] = []
+    with vf.path.open("rb") as f:
+        for k in picks:
+            i = bisect.bisect_right(starts, k) - 1
+            pfn = pages[i][0] + (k - starts[i])
+            seg = vf.segment_for(pfn * PAGE_SIZE, PAGE_SIZE)
+            if seg is None:
+                bad.append(pfn * PAGE_SIZE)
+                continue
+            f.seek(seg.offset + pfn * PAGE_SIZE - seg.paddr)
+            if f.read(PAGE_SIZE) != page_pattern(pfn, m.model.memory_pattern_seed):
+                bad.append(pfn * PAGE_SIZE)
+    if bad:
+        shown = ", ".join(f"{a:#x}" for a in bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
+        findings.append(
+            Finding("bytes-differ", f"{len(bad)} of {len(picks)} sampled pages differ from the machine's: {shown}")
+        )
+    return ByteCheck(True, f"{len(picks)} of {total} unwritten dumped System RAM pages sampled (seed {seed})",
+                     len(picks), total, tuple(bad))
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def audit_vmcore(vf: VmcoreFile, m: MachineAtPanic, *, samples: int = DEFAULT_SAMPLES, seed: int = 0) -> AuditReport:
+    """Compare a vmcore with the machine at the panic."""
+    findings: list[Finding] = []
+    notes: list[str] = []
+    method, cpus = _check_cpus(vf, m, findings, notes)
+    mem = _check_memory(vf, m, findings, notes)
+    byte_check = _check_bytes(vf, m, mem, samples, seed, findings)
+    return AuditReport(
+        vmcore=str(vf.path),
+        root=str(m.root),
+        vmcoreinfo=vf.key_vmcoreinfo(),
+        file_size=vf.file_size,
+        data_end=vf.data_end,
+        cpu_method=method,
+        cpus=cpus,
+        memory=mem,
+        bytes=byte_check,
+        findings=findings,
+        notes=notes,
+    )
+
+
+def audit(vmcore: Path, root: Path, *, samples: int = DEFAULT_SAMPLES, seed: int = 0) -> AuditReport:
+    """Read both inputs and audit; raises a :class:`~crash_hotplug.errors.CrashHotplugError` on unusable input."""
+    machine = read_machine_at_panic(root)
+    return audit_vmcore(read_vmcore_file(vmcore), machine, samples=samples, seed=seed)

@@ -1,0 +1,92 @@
+"""The x86_64 part of the crash code (``arch/x86/kernel/crash.c``).
+
+``prepare_elf_headers`` collects System RAM from the iomem tree, cuts out the low 1 MiB and the
+crashkernel reservations and calls the generic builder with the kernel-text mapping;
+``crash_load_segments`` sizes the elfcorehdr segment for hotplug; ``arch_crash_get_elfcorehdr_size``
+is what ``/sys/kernel/crash_elfcorehdr_size`` prints.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crash_hotplug.crash.core import (
+    CrashMem,
+    crash_exclude_mem_range,
+    crash_prepare_elf64_headers,
+)
+from crash_hotplug.elf.constants import PN_XNUM
+from crash_hotplug.elf.structs import Elf64_Ehdr, Elf64_Phdr
+from crash_hotplug.machine.kernel import KernelConfig, KernelState
+from crash_hotplug.machine.resource import walk_system_ram_res
+from crash_hotplug.snapshot.reader import read_kernel_state
+
+__all__ = [
+    "SZ_1M",
+    "arch_crash_get_elfcorehdr_size",
+    "crash_load_segments_memsz",
+    "elf_header_exclude_ranges",
+    "elfcorehdr_from_root",
+    "fill_up_crash_elf_data",
+    "prepare_elf_headers",
+]
+
+SZ_1M = 1 << 20
+PAGE_SIZE = 4096
+
+
+def fill_up_crash_elf_data(state: KernelState) -> CrashMem:
+    """A ``crash_mem`` holding every System RAM range, with two spare slots for splits
+    (``fill_up_crash_elf_data`` + ``prepare_elf64_ram_headers_callback``)."""
+    ranges = list(walk_system_ram_res(state.iomem))
+    return CrashMem(max_nr_ranges=len(ranges) + 2, ranges=ranges)
+
+
+def elf_header_exclude_ranges(state: KernelState, cmem: CrashMem) -> None:
+    """Cut the always-reserved low 1 MiB and the crashkernel regions (``elf_header_exclude_ranges``)."""
+    rewritten = state.config.exclude_mem_range_rewritten
+    crash_exclude_mem_range(cmem, 0, SZ_1M - 1, rewritten=rewritten)
+    if state.crashk_res is not None:
+        crash_exclude_mem_range(cmem, *state.crashk_res, rewritten=rewritten)
+    if state.crashk_low_res is not None and state.crashk_low_res[1]:
+        crash_exclude_mem_range(cmem, *state.crashk_low_res, rewritten=rewritten)
+
+
+def prepare_elf_headers(state: KernelState) -> tuple[bytes, int]:
+    """(elfcorehdr buffer, number of memory ranges) as ``prepare_elf_headers`` returns them."""
+    cmem = fill_up_crash_elf_data(state)
+    elf_header_exclude_ranges(state, cmem)
+    return crash_prepare_elf64_headers(state, cmem, need_kernel_map=True), cmem.nr_ranges
+
+
+def crash_load_segments_memsz(config: KernelConfig, bufsz: int, nr_mem_ranges: int) -> int:
+    """The elfcorehdr segment's ``memsz`` before page rounding (``crash_load_segments``).
+
+    With ``CONFIG_CRASH_HOTPLUG`` the segment has room for VMCOREINFO, the kernel map,
+    ``NR_CPUS_DEFAULT`` CPUs and ``CRASH_MAX_MEMORY_RANGES`` ranges (or the current ranges without
+    memory hotplug); past ``PN_XNUM`` headers it keeps the built size.
+    """
+    if not config.crash_hotplug:
+        return bufsz
+    if config.memory_hotplug:
+        pnum = 2 + config.nr_cpus_default + config.crash_max_memory_ranges
+    else:
+        pnum = nr_mem_ranges + 2 + config.nr_cpus_default
+    if pnum >= PN_XNUM:
+        return bufsz
+    return pnum * Elf64_Phdr.SIZE + Elf64_Ehdr.SIZE
+
+
+def arch_crash_get_elfcorehdr_size(config: KernelConfig) -> int:
+    """``/sys/kernel/crash_elfcorehdr_size`` (no room for the ELF header itself)."""
+    if not config.crash_hotplug:
+        return 0
+    n = 2 + config.nr_cpus_default
+    if config.memory_hotplug:
+        n += config.crash_max_memory_ranges
+    return n * Elf64_Phdr.SIZE
+
+
+def elfcorehdr_from_root(root: Path, kernel_version: str | None = None) -> bytes:
+    """The elfcorehdr the kernel of the machine state under ``root`` builds for kexec_file_load."""
+    return prepare_elf_headers(read_kernel_state(root, kernel_version=kernel_version))[0]

@@ -1,0 +1,128 @@
+"""Reading an ELF core: a raw kdump elfcorehdr (offsets are physical addresses) or a vmcore.
+
+Bounded and lazy in the manner of pyelftools: the ELF header and program headers are checked
+against the buffer's length before anything is decoded; notes are decoded when asked for. Every
+failure is an :class:`ElfFormatError` carrying the offset and what was wrong.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from crash_hotplug.elf.constants import (
+    ELFCLASS64,
+    ELFDATA2LSB,
+    ELFMAG,
+    ET_CORE,
+    EV_CURRENT,
+    PT_LOAD,
+    PT_NOTE,
+)
+from crash_hotplug.elf.notes import Note, iter_notes
+from crash_hotplug.elf.structs import Elf64_Ehdr, Elf64_Phdr
+from crash_hotplug.errors import ElfFormatError
+
+__all__ = ["ElfCore", "read_core_file"]
+
+
+@dataclass(frozen=True)
+class ElfCore:
+    """A parsed ELF64 core header and its program headers over the bytes they came from."""
+
+    data: bytes
+    ehdr: Elf64_Ehdr
+    phdrs: tuple[Elf64_Phdr, ...]
+    source: str = "<bytes>"
+
+    @classmethod
+    def parse(cls, data: bytes, source: str = "<bytes>") -> ElfCore:
+        """Check and decode the header, as ``fs/proc/vmcore.c: parse_crash_elf64_headers`` does."""
+        try:
+            return cls._parse(data, source)
+        except ElfFormatError as e:
+            raise e.with_source(source) from None
+
+    @classmethod
+    def _parse(cls, data: bytes, source: str) -> ElfCore:
+        if len(data) < 4 or data[:4] != ELFMAG:
+            raise ElfFormatError("not an ELF file (no \\x7fELF magic)", offset=0)
+        ehdr = Elf64_Ehdr.unpack(data, 0)
+        if ehdr.ei_class != ELFCLASS64:
+            raise ElfFormatError(f"EI_CLASS is {ehdr.ei_class}, expected ELFCLASS64 (2)", offset=4)
+        if ehdr.ei_data != ELFDATA2LSB:
+            raise ElfFormatError(f"EI_DATA is {ehdr.ei_data}, expected ELFDATA2LSB (1)", offset=5)
+        if ehdr.ei_version != EV_CURRENT or ehdr.e_version != EV_CURRENT:
+            raise ElfFormatError("ELF version is not EV_CURRENT", offset=6)
+        if ehdr.e_type != ET_CORE:
+            raise ElfFormatError(f"e_type is {ehdr.e_type}, expected ET_CORE (4)", offset=16)
+        if ehdr.e_ehsize != Elf64_Ehdr.SIZE:
+            raise ElfFormatError(f"e_ehsize is {ehdr.e_ehsize}, expected 64", offset=52)
+        if ehdr.e_phentsize != Elf64_Phdr.SIZE:
+            raise ElfFormatError(f"e_phentsize is {ehdr.e_phentsize}, expected 56", offset=54)
+        if ehdr.e_phnum == 0:
+            raise ElfFormatError("e_phnum is 0: no program headers", offset=56)
+        end = ehdr.e_phoff + ehdr.e_phnum * Elf64_Phdr.SIZE
+        if ehdr.e_phoff < Elf64_Ehdr.SIZE or end > len(data):
+            raise ElfFormatError(
+                f"e_phnum {ehdr.e_phnum} program headers at e_phoff {ehdr.e_phoff:#x} end at {end:#x}, "
+                f"past the end of the data ({len(data):#x} bytes)",
+                offset=56,
+            )
+        phdrs = tuple(
+            Elf64_Phdr.unpack(data, ehdr.e_phoff + i * Elf64_Phdr.SIZE) for i in range(ehdr.e_phnum)
+        )
+        return cls(data, ehdr, phdrs, source)
+
+    @property
+    def used_size(self) -> int:
+        """Bytes the header occupies: ``e_phoff + e_phnum * 56``."""
+        return self.ehdr.e_phoff + self.ehdr.e_phnum * Elf64_Phdr.SIZE
+
+    @property
+    def notes_phdrs(self) -> list[Elf64_Phdr]:
+        return [p for p in self.phdrs if p.p_type == PT_NOTE]
+
+    @property
+    def load_phdrs(self) -> list[Elf64_Phdr]:
+        return [p for p in self.phdrs if p.p_type == PT_LOAD]
+
+    @property
+    def is_raw_elfcorehdr(self) -> bool:
+        """True for a header as the crashed kernel builds it: every p_offset is the physical address.
+
+        In a vmcore (``/proc/vmcore`` or a saved dump) p_offset is a file offset and there is one
+        merged PT_NOTE whose p_paddr is 0.
+        """
+        return all(p.p_offset == p.p_paddr for p in self.phdrs)
+
+    def notes(self) -> Iterator[tuple[int, Note]]:
+        """(index of the PT_NOTE, note) for each note whose data lies inside :attr:`data`.
+
+        Only meaningful for a vmcore, where p_offset is a file offset.
+        """
+        for i, p in enumerate(self.phdrs):
+            if p.p_type != PT_NOTE:
+                continue
+            if p.p_offset + p.p_filesz > len(self.data):
+                raise ElfFormatError(
+                    f"PT_NOTE {i} data [{p.p_offset:#x}, {p.p_offset + p.p_filesz:#x}) lies past the end "
+                    f"of the file ({len(self.data):#x} bytes)",
+                    offset=p.p_offset,
+                    source=self.source,
+                )
+            try:
+                for note in iter_notes(self.data, p.p_offset, p.p_filesz):
+                    yield i, note
+            except ElfFormatError as e:
+                raise e.with_source(self.source) from None
+
+
+def read_core_file(path: Path) -> ElfCore:
+    """Parse the ELF core at ``path``; an unreadable file is an :class:`ElfFormatError` too."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ElfFormatError(f"cannot read: {e.strerror}", offset=0, source=str(path)) from None
+    return ElfCore.parse(data, str(path))

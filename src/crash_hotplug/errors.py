@@ -1,0 +1,46 @@
+"""The project's error hierarchy: every failure is a named exception carrying its context.
+
+The CLI turns any :class:`CrashHotplugError` into one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CrashHotplugError",
+    "ElfFormatError",
+    "SnapshotError",
+]
+
+
+class CrashHotplugError(Exception):
+    """Base class for every error this package raises on bad input or bad state."""
+
+
+class ElfFormatError(CrashHotplugError):
+    """A truncated or inconsistent ELF core file or elfcorehdr.
+
+    ``source`` names the file (or "<bytes>"), ``offset`` the byte offset where reading
+    failed and ``what`` says what was wrong there.
+    """
+
+    def __init__(self, what: str, *, offset: int, source: str = "<bytes>") -> None:
+        self.what = what
+        self.offset = offset
+        self.source = source
+        super().__init__(f"{source}: at offset {offset:#x}: {what}")
+
+    def with_source(self, source: str) -> ElfFormatError:
+        """The same error, naming the file it came from."""
+        return ElfFormatError(self.what, offset=self.offset, source=source)
+
+
+class SnapshotError(CrashHotplugError):
+    """A machine-state file under a root that is missing, unreadable or malformed.
+
+    ``path`` is the file as the kernel names it (e.g. ``/proc/iomem``) joined to the root.
+    """
+
+    def __init__(self, path: str, what: str) -> None:
+        self.path = path
+        self.what = what
+        super().__init__(f"{path}: {what}")

@@ -1,0 +1,271 @@
+"""``kexec_load`` of a crash image: the kernel side (``kernel/kexec.c: do_kexec_load``,
+``kexec_load_check``, ``kernel/kexec_core.c: sanity_check_segment_list``) and what kexec-tools
+``kexec -p [--hotplug]`` does before calling it (``kexec/crashdump-elf.c``,
+``kexec/arch/i386/crashdump-x86.c``, ``kexec/kexec.c: update_purgatory``).
+
+kexec-tools builds the elfcorehdr itself from what userspace sees: a PT_NOTE for each CPU that has
+``cpuN/crash_notes`` (present CPUs), the VMCOREINFO note, the kernel-text LOAD, and a LOAD for each
+``System RAM`` line of ``/proc/iomem`` minus ``Crash kernel``; the first 640 KiB range is copied to
+a backup segment and its LOAD points there. The header is aligned to 1024 bytes; its segment is at
+least 16 KiB, or, with ``--hotplug``, ``ALIGN(/sys/kernel/crash_elfcorehdr_size, 1024)``. The
+purgatory digest (symbols ``sha256_regions``/``sha256_digest``) covers every segment but the
+purgatory and, with ``--hotplug``, the elfcorehdr; ``--hotplug`` also passes
+``KEXEC_UPDATE_ELFCOREHDR`` so the kernel sets ``hotplug_support``.
+
+Segment placement in userspace (``locate_hole``) is modelled as first fit from the bottom of the
+crashkernel region in load order; no vector records a ``kexec_load`` placement to check it against.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from crash_hotplug.crash.x86_64 import arch_crash_get_elfcorehdr_size
+from crash_hotplug.elf.constants import PF_R, PF_W, PF_X, PT_LOAD, PT_NOTE
+from crash_hotplug.elf.structs import PHDR, Elf64_Ehdr
+from crash_hotplug.kexec.kexec_core import Kexec
+from crash_hotplug.kexec.kexec_file import BOOT_PARAMS_BUFSZ, KexecPayload, boot_params_buffer
+from crash_hotplug.kexec.kimage import (
+    KEXEC_ARCH_MASK,
+    KEXEC_CRASH_HOTPLUG_SUPPORT,
+    KEXEC_ON_CRASH,
+    KEXEC_PRESERVE_CONTEXT,
+    KEXEC_SEGMENT_MAX,
+    KEXEC_TYPE_CRASH,
+    KEXEC_UPDATE_ELFCOREHDR,
+    KexecError,
+    KexecSegment,
+    Kimage,
+)
+from crash_hotplug.kexec.lock import KexecBusyError
+from crash_hotplug.kexec.purgatory import (
+    KEXEC_TOOLS_SYMBOLS,
+    PurgatoryInfo,
+    PurgatoryObject,
+    build_purgatory,
+    pack_sha_regions,
+    sha256_segments,
+)
+from crash_hotplug.kexec.segments import kimage_load_segment
+from crash_hotplug.machine.machine import Machine
+from crash_hotplug.machine.physmem import PAGE_SIZE
+from crash_hotplug.machine.resource import walk_system_ram_res
+
+__all__ = [
+    "KEXEC_TOOLS_ELF_CORE_HEADER_ALIGN",
+    "KexecToolsLoad",
+    "crash_create_elf64_headers",
+    "kexec_load",
+    "kexec_load_unload",
+    "kexec_tools_load",
+]
+
+#: kexec-tools ``kexec/crashdump.h``
+KEXEC_TOOLS_ELF_CORE_HEADER_ALIGN: Final = 1024
+#: x86 kexec-tools pads a small elfcorehdr segment to 16 KiB
+MIN_ELFCOREHDR_MEMSZ: Final = 16 * 1024
+BACKUP_SRC_END: Final = 0xA0000
+_RWX: Final = PF_R | PF_W | PF_X
+
+
+def _align(n: int, a: int) -> int:
+    return -(-n // a) * a
+
+
+def _crash_memory_ranges(m: Machine) -> list[tuple[int, int]]:
+    """``get_crash_memory_ranges`` + ``exclude_region``: System RAM lines minus ``Crash kernel``."""
+    ranges = list(walk_system_ram_res(m.iomem))
+    if m.crashk_res is None:
+        return ranges
+    cs, ce = m.crashk_res
+    out: list[tuple[int, int]] = []
+    for s, e in ranges:
+        if cs < e and ce > s:
+            if cs != s and ce != e:
+                out += [(s, cs - 1), (ce + 1, e)]
+            elif cs != s:
+                out.append((s, cs - 1))
+            else:
+                out.append((ce + 1, e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def crash_create_elf64_headers(m: Machine, backup: tuple[int, int, int] | None = None) -> bytes:
+    """kexec-tools' elfcorehdr (``crash_create_elf64_headers``) for the machine as userspace sees
+    it now, padded to 1024 bytes. ``backup`` is (source start, source size, backup address)."""
+    cpus = [(m.cpus.cpu(c).crash_notes, m.crash_notes_size) for c in m.cpus.present]
+    ranges = _crash_memory_ranges(m)
+    text_size = _align(m.text_size, PAGE_SIZE)
+    nr = len(cpus) + 1 + 1 + len(ranges)
+    size = _align(Elf64_Ehdr.SIZE + nr * PHDR.size, KEXEC_TOOLS_ELF_CORE_HEADER_ALIGN)
+    buf = bytearray(size)
+    off = Elf64_Ehdr.SIZE
+    for addr, length in [*cpus, (m.vmcoreinfo_paddr, m.vmcoreinfo_size)]:
+        PHDR.pack_into(buf, off, PT_NOTE, 0, addr, 0, addr, length, length, 0)
+        off += PHDR.size
+    PHDR.pack_into(buf, off, PT_LOAD, _RWX, m.text_paddr, m.text_vaddr, m.text_paddr, text_size, text_size, 0)
+    off += PHDR.size
+    for s, e in ranges:
+        p_offset = s
+        if backup is not None and s == backup[0] and e - s + 1 == backup[1]:
+            p_offset = backup[2]
+        PHDR.pack_into(buf, off, PT_LOAD, _RWX, p_offset, (m.page_offset + s) & ((1 << 64) - 1), s,
+                       e - s + 1, e - s + 1, 0)
+        off += PHDR.size
+    buf[: Elf64_Ehdr.SIZE] = Elf64_Ehdr.core(phnum=(off - Elf64_Ehdr.SIZE) // PHDR.size).pack()
+    return bytes(buf)
+
+
+@dataclass
+class KexecToolsLoad:
+    """What kexec-tools prepared for ``kexec_load``: segments, entry, flags, and where things are."""
+
+    segments: list[KexecSegment]
+    entry: int
+    flags: int
+    elfcorehdr: int
+    purgatory: PurgatoryInfo
+    purgatory_index: int
+    cmdline: str
+
+
+class _Placer:
+    """First fit in the crashkernel region, page aligned, in load order."""
+
+    def __init__(self, window: tuple[int, int]) -> None:
+        self.window = window
+        self.used: list[tuple[int, int]] = []
+
+    def place(self, memsz: int, align: int) -> int:
+        memsz = _align(memsz, PAGE_SIZE)
+        addr = _align(self.window[0], max(align, PAGE_SIZE))
+        while addr + memsz - 1 <= self.window[1]:
+            clash = next((u for u in self.used if not (addr + memsz - 1 < u[0] or addr > u[1])), None)
+            if clash is None:
+                self.used.append((addr, addr + memsz - 1))
+                return addr
+            addr = _align(clash[1] + 1, max(align, PAGE_SIZE))
+        raise KexecError(f"kexec-tools: no hole of {memsz:#x} bytes in the crashkernel region", 99)
+
+
+def _userspace_prepare(m: Machine, payload: KexecPayload, hotplug: bool, purgatory: bytes) -> KexecToolsLoad:
+    if m.crashk_res is None:
+        raise KexecError("kexec-tools: no 'Crash kernel' in /proc/iomem", 99)
+    flags = KEXEC_ON_CRASH
+    placer = _Placer(m.crashk_res)
+    segs: list[KexecSegment] = []
+
+    def add(buf: bytes, memsz: int, align: int, name: str) -> KexecSegment:
+        memsz = _align(max(memsz, len(buf)), PAGE_SIZE)
+        seg = KexecSegment(buf, len(buf), placer.place(memsz, align), memsz, name)
+        segs.append(seg)
+        return seg
+
+    low = next(((s, e) for s, e in walk_system_ram_res(m.iomem) if e <= BACKUP_SRC_END), None)
+    backup_src = (low[0], low[1] - low[0] + 1) if low else (0, BACKUP_SRC_END)
+    bsz = (backup_src[1] + 1024) & ~1023
+    backup = add(bytes(bsz), bsz, 1024, "backup")
+    hdr = crash_create_elf64_headers(m, (backup_src[0], backup_src[1], backup.mem))
+    if hotplug:
+        size = arch_crash_get_elfcorehdr_size(m.config)
+        if size == 0:
+            raise KexecError("kexec-tools --hotplug: the kernel needs CONFIG_CRASH_HOTPLUG "
+                             "(/sys/kernel/crash_elfcorehdr_size missing or 0)")
+        memsz = _align(size, KEXEC_TOOLS_ELF_CORE_HEADER_ALIGN)
+        flags |= KEXEC_UPDATE_ELFCOREHDR
+    else:
+        memsz = max(len(hdr), MIN_ELFCOREHDR_MEMSZ)
+    elfhdr = add(hdr, memsz, KEXEC_TOOLS_ELF_CORE_HEADER_ALIGN, "elfcorehdr")
+    pi = PurgatoryInfo.setup_kbuf(PurgatoryObject.parse(purgatory))
+    pseg = add(bytes(pi.bufsz), pi.memsz, pi.buf_align, "purgatory")
+    entry = pi.setup_sechdrs(pseg.mem)
+    purgatory_index = len(segs) - 1
+    cmdline = f"{payload.cmdline} elfcorehdr={elfhdr.mem // 1024}K"
+    add(boot_params_buffer(cmdline), BOOT_PARAMS_BUFSZ, 16, "boot_params")
+    add(payload.kernel, payload.kernel_memsz, payload.kernel_alignment, "kernel")
+    if payload.initrd:
+        add(payload.initrd, len(payload.initrd), PAGE_SIZE, "initrd")
+    # update_purgatory: digest all but the purgatory (and the elfcorehdr with --hotplug)
+    chosen = [(s.buf, s.mem, s.memsz) for i, s in enumerate(segs)
+              if i != purgatory_index and not (hotplug and s.mem == elfhdr.mem)]
+    regions, digest = sha256_segments(chosen)
+    pi.set_symbol(KEXEC_TOOLS_SYMBOLS[0], pack_sha_regions(regions))
+    pi.set_symbol(KEXEC_TOOLS_SYMBOLS[1], digest)
+    segs[purgatory_index].buf = bytes(pi.purgatory_buf)
+    segs[purgatory_index].bufsz = pi.bufsz
+    return KexecToolsLoad(segs, entry, flags, elfhdr.mem, pi, purgatory_index, cmdline)
+
+
+def kexec_load(kx: Kexec, entry: int, segments: list[KexecSegment], flags: int) -> Kimage | None:
+    """The ``kexec_load`` system call for a crash image (no segments: unload).
+
+    Refuses unknown flags (``KEXEC_UPDATE_ELFCOREHDR`` and ``KEXEC_CRASH_HOTPLUG_SUPPORT`` are known
+    only with ``CONFIG_CRASH_HOTPLUG``), more than 16 segments, unaligned, overlapping or
+    out-of-crashkernel segments; ``KexecBusyError`` when the kexec lock is taken.
+    """
+    known = KEXEC_ON_CRASH | KEXEC_PRESERVE_CONTEXT
+    if kx.machine.config.crash_hotplug:
+        known |= KEXEC_UPDATE_ELFCOREHDR | KEXEC_CRASH_HOTPLUG_SUPPORT
+    if flags & ~(known | KEXEC_ARCH_MASK):
+        raise KexecError(f"kexec_load: unknown flags {flags & ~(known | KEXEC_ARCH_MASK):#x}")
+    if len(segments) > KEXEC_SEGMENT_MAX:
+        raise KexecError(f"kexec_load: {len(segments)} segments, more than {KEXEC_SEGMENT_MAX}")
+    if not flags & KEXEC_ON_CRASH:
+        raise KexecError("only crash images (KEXEC_ON_CRASH) are modelled")
+    if not kx.kexec_trylock():
+        raise KexecBusyError("kexec_load")
+    try:
+        if kx.kexec_crash_image is not None:
+            kx.arch_kexec_unprotect_crashkres()
+        if not segments:
+            kx.kexec_crash_image = None
+            return None
+        _sanity_check_segment_list(kx, segments)
+        image = Kimage(type=KEXEC_TYPE_CRASH, file_mode=False, segments=list(segments), start=entry,
+                       digest_symbols=KEXEC_TOOLS_SYMBOLS, flags=flags)
+        # arch_crash_hotplug_support (x86): either flag will do for a kexec_load image
+        if flags & (KEXEC_UPDATE_ELFCOREHDR | KEXEC_CRASH_HOTPLUG_SUPPORT):
+            image.hotplug_support = True
+        for seg in image.segments:
+            kimage_load_segment(kx.machine.mem, seg)
+        kx.kexec_crash_image = image
+        return image
+    finally:
+        if kx.kexec_crash_image is not None:
+            kx.arch_kexec_protect_crashkres()
+        kx.kexec_unlock()
+
+
+def _sanity_check_segment_list(kx: Kexec, segments: list[KexecSegment]) -> None:
+    window = kx.crash_windows()[0]
+    for i, s in enumerate(segments):
+        if s.mem % PAGE_SIZE or s.memsz % PAGE_SIZE:
+            raise KexecError(f"segment {i} at {s.mem:#x} size {s.memsz:#x} is not page aligned", 99)
+        if s.bufsz > s.memsz:
+            raise KexecError(f"segment {i}: bufsz {s.bufsz:#x} > memsz {s.memsz:#x}")
+        if s.mem < window[0] or s.end > window[1]:
+            raise KexecError(f"segment {i} [{s.mem:#x}-{s.end:#x}] lies outside crashk_res", 99)
+        for j, t in enumerate(segments[:i]):
+            if s.overlaps(t.mem, t.end):
+                raise KexecError(f"segments {j} and {i} overlap")
+
+
+def kexec_tools_load(kx: Kexec, payload: KexecPayload, *, hotplug: bool = False,
+                     purgatory: bytes | None = None) -> Kimage:
+    """``kexec -p [--hotplug]``: kexec-tools prepares the segments and calls :func:`kexec_load`."""
+    prep = _userspace_prepare(kx.machine, payload, hotplug,
+                              build_purgatory(symbols=KEXEC_TOOLS_SYMBOLS) if purgatory is None else purgatory)
+    image = kexec_load(kx, prep.entry, prep.segments, prep.flags)
+    assert image is not None
+    image.purgatory = prep.purgatory
+    image.purgatory_index = prep.purgatory_index
+    image.cmdline = prep.cmdline
+    return image
+
+
+def kexec_load_unload(kx: Kexec) -> None:
+    """``kexec -p -u``: ``kexec_load`` with no segments."""
+    kexec_load(kx, 0, [], KEXEC_ON_CRASH)

@@ -1,0 +1,549 @@
+"""A whole x86_64 machine: CPUs, memory blocks and DIMMs, the iomem tree, memory bytes and the
+kernel facts the crash code reads, built from a snapshot directory or from parameters.
+
+:meth:`Machine.kernel_state` is the seam to the crash code: it yields the
+:class:`~crash_hotplug.machine.kernel.KernelState` of the machine as it is now, exactly as
+:func:`~crash_hotplug.snapshot.reader.read_kernel_state` would read it from a snapshot taken now.
+
+The machine knows nothing of kexec; a kexec layer that wants sysfs to show its state registers
+itself as :attr:`Machine.kexec` (see :class:`KexecStatus`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from crash_hotplug.elf.prstatus import CRASH_CORE_NOTE_BYTES
+from crash_hotplug.elf.vmcoreinfo import VMCOREINFO_NOTE_SIZE, build_vmcoreinfo_note
+from crash_hotplug.errors import CrashHotplugError, SnapshotError
+from crash_hotplug.machine.cpu import CpuHotplug, CpuhpCallback
+from crash_hotplug.machine.kernel import PAGE_OFFSET_L4, KernelConfig, KernelState, KernelVersion
+from crash_hotplug.machine.memory import (
+    MEMORY_BLOCK_SIZE,
+    Dimm,
+    MemoryBlock,
+    MemoryHotplug,
+    MemoryNotify,
+)
+from crash_hotplug.machine.notifier import NotifierBlock
+from crash_hotplug.machine.percpu import PcpuAllocInfo, parse_pcpu_alloc, place_per_cpu
+from crash_hotplug.machine.physmem import MODEL_STATE_FILE
+from crash_hotplug.machine.profiles import KernelProfile, profile_for
+from crash_hotplug.machine.protmem import GuardedPhysMem
+from crash_hotplug.machine.resource import CRASH_KERNEL, SYSTEM_RAM, Resource, walk_system_ram_res
+from crash_hotplug.snapshot.reader import CPU_DIR, DMESG, MEM_DIR, read_kernel_state
+from crash_hotplug.snapshot.root import FsRoot
+
+__all__ = [
+    "GIB",
+    "MIB",
+    "KexecStatus",
+    "Machine",
+    "MachineError",
+    "parse_crashkernel",
+]
+
+MIB: Final = 1 << 20
+GIB: Final = 1 << 30
+#: x86 ``CRASH_ALIGN`` (16 MiB) and the 4 GiB limit of a plain ``crashkernel=X``
+CRASH_ALIGN: Final = 16 * MIB
+CRASH_ADDR_LOW_MAX: Final = 4 * GIB
+#: bytes QEMU ``pc`` keeps at the top of low RAM for firmware tables (e820 reserved)
+QEMU_LOWMEM_RESERVED: Final = 0x21000
+
+
+class MachineError(CrashHotplugError):
+    """A machine that cannot be built as asked (bad parameters, no room for a reservation)."""
+
+
+class KexecStatus(Protocol):
+    """What sysfs shows of the kexec layer (``kernel/ksysfs.c``, ``crash_check_hotplug_support``)."""
+
+    def kexec_loaded(self) -> bool: ...
+
+    def kexec_crash_loaded(self) -> bool: ...
+
+    def crash_check_hotplug_support(self) -> int: ...
+
+
+def _size(text: str) -> int:
+    """``memparse``: a number with an optional K/M/G/T suffix."""
+    m = re.fullmatch(r"(0x[0-9a-fA-F]+|\d+)([KMGTkmgt]?)", text.strip())
+    if not m:
+        raise MachineError(f"not a size: {text!r}")
+    shift = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}[m.group(2).lower()]
+    return int(m.group(1), 0) << shift
+
+
+def parse_crashkernel(spec: str) -> tuple[int, int | None, bool]:
+    """``parse_crashkernel`` for ``X``, ``X@Y`` and ``X,high``: (size, fixed base or None, high)."""
+    spec = spec.strip()
+    if spec.endswith(",high"):
+        return _size(spec[:-5]), None, True
+    size, _, base = spec.partition("@")
+    return _size(size), (_size(base) if base else None), False
+
+
+@dataclass
+class Machine:
+    """An x86_64 machine as the kdump code sees it.
+
+    The parts: :attr:`cpus` (``kernel/cpu.c``), :attr:`memory` (memory blocks, DIMMs and the
+    memory notifier chain over :attr:`iomem`), :attr:`mem` (the bytes), and the kernel facts
+    (:attr:`config`, kernel text, VMCOREINFO, per-CPU ``crash_notes``, ``crashk_res``).
+    """
+
+    config: KernelConfig
+    release: str
+    banner: str
+    cmdline: str
+    cpus: CpuHotplug
+    memory: MemoryHotplug
+    mem: GuardedPhysMem
+    text_vaddr: int
+    text_paddr: int
+    #: ``_etext - _text`` and ``_end - _text``
+    etext_size: int
+    text_size: int
+    vmcoreinfo_paddr: int
+    vmcoreinfo_size: int
+    page_offset: int = PAGE_OFFSET_L4
+    crash_notes_size: int = CRASH_CORE_NOTE_BYTES
+    crashk_res: tuple[int, int] | None = None
+    crashk_low_res: tuple[int, int] | None = None
+    pcpu: PcpuAllocInfo | None = None
+    #: QEMU's device-memory region for pc-dimms: ``[dimm_base, dimm_limit)``, and its slot count
+    dimm_base: int = 4 * GIB
+    dimm_limit: int = 1 << 64
+    dimm_slots: int = 256
+    profile: str | None = None
+    vmcoreinfo_items: dict[str, str] = field(default_factory=dict)
+    #: kernel log lines, busybox ``dmesg`` style
+    log: list[str] = field(default_factory=list)
+    kexec: KexecStatus | None = None
+    _clock_us: int = 0
+    _dimm_seq: int = 1
+
+    # -- views -------------------------------------------------------------------------------
+    @property
+    def iomem(self) -> Resource:
+        """The iomem resource tree (shared with :attr:`memory`)."""
+        return self.memory.iomem
+
+    @property
+    def seed(self) -> int:
+        return self.mem.seed
+
+    @property
+    def block_size(self) -> int:
+        return self.memory.block_size
+
+    def crash_notes(self) -> dict[int, int]:
+        """``per_cpu_ptr_to_phys(per_cpu_ptr(crash_notes, cpu))`` for every possible CPU."""
+        return {c: s.crash_notes for c, s in self.cpus.cpus.items()}
+
+    def kernel_state(self) -> KernelState:
+        """The :class:`KernelState` of the machine now (what the header builder reads)."""
+        return KernelState(
+            config=self.config,
+            possible=self.cpus.possible,
+            present=self.cpus.present,
+            online=self.cpus.online,
+            crash_notes=self.crash_notes(),
+            crash_notes_size=self.crash_notes_size,
+            vmcoreinfo_paddr=self.vmcoreinfo_paddr,
+            vmcoreinfo_size=self.vmcoreinfo_size,
+            text_vaddr=self.text_vaddr,
+            text_paddr=self.text_paddr,
+            text_size=self.text_size,
+            page_offset=self.page_offset,
+            iomem=self.iomem.copy(),
+            crashk_res=self.crashk_res,
+            crashk_low_res=self.crashk_low_res,
+        )
+
+    def system_ram(self) -> list[tuple[int, int]]:
+        """Inclusive ``System RAM`` ranges (``walk_system_ram_res``)."""
+        return list(walk_system_ram_res(self.iomem))
+
+    def dmesg(self) -> str:
+        return "".join(line + "\n" for line in self.log)
+
+    def printk(self, msg: str, *, advance_us: int = 100) -> None:
+        """Append a kernel log line stamped with the machine's clock."""
+        self._clock_us += advance_us
+        s, us = divmod(self._clock_us, 1_000_000)
+        self.log.append(f"[{s:5d}.{us:06d}] {msg}")
+
+    # -- boot-time memory contents -----------------------------------------------------------
+    def _init_memory_contents(self) -> None:
+        """Zeroed ``crash_notes`` for every possible CPU (percpu memory starts zeroed) and the
+        VMCOREINFO note at its address (``crash_notes_memory_init``, ``crash_save_vmcoreinfo_init``)."""
+        for s in self.cpus.cpus.values():
+            if s.crash_notes:
+                self.mem.zero(s.crash_notes, self.crash_notes_size)
+        if not self.vmcoreinfo_items:
+            self.vmcoreinfo_items = {
+                "OSRELEASE": self.release,
+                "PAGESIZE": "4096",
+                "SYMBOL(_stext)": f"{self.text_vaddr:x}",
+                "NUMBER(phys_base)": "0",
+                "KERNELOFFSET": "0",
+                "NUMBER(pgtable_l5_enabled)": "0",
+            }
+        note = build_vmcoreinfo_note(self.vmcoreinfo_items)
+        self.mem.write(self.vmcoreinfo_paddr, note.ljust(VMCOREINFO_NOTE_SIZE, b"\0"))
+
+    def vmcoreinfo_note(self) -> bytes:
+        """The VMCOREINFO note bytes (``vmcoreinfo_size`` of them) as they are in memory now."""
+        return self.mem.read(self.vmcoreinfo_paddr, self.vmcoreinfo_size)
+
+    # -- CPU hotplug -------------------------------------------------------------------------
+    def cpuhp_setup_state_nocalls(self, state: int, name: str, startup: CpuhpCallback | None,
+                                  teardown: CpuhpCallback | None) -> int:
+        """``cpuhp_setup_state_nocalls`` (see :meth:`CpuHotplug.cpuhp_setup_state_nocalls`)."""
+        return self.cpus.cpuhp_setup_state_nocalls(state, name, startup, teardown)
+
+    def cpu_hot_add(self, cpu: int) -> None:
+        """ACPI vCPU hot-add (QMP ``device_add``): the CPU becomes present, still offline."""
+        self.cpus.cpu_hot_add(cpu)
+        self.printk(f"ACPI: CPU{cpu} has been hot-added")
+
+    def cpu_online(self, cpu: int) -> None:
+        """``echo 1 > cpuN/online``"""
+        was = self.cpus.cpu(cpu).online
+        self.cpus.cpu_up(cpu)
+        if not was:
+            self.printk(f"smpboot: Booting Node 0 Processor {cpu} APIC {cpu:#x}")
+
+    def cpu_offline(self, cpu: int) -> None:
+        """``echo 0 > cpuN/online``"""
+        was = self.cpus.cpu(cpu).online
+        self.cpus.cpu_down(cpu)
+        if was:
+            self.printk(f"smpboot: CPU {cpu} is now offline")
+
+    def cpu_hot_remove(self, cpu: int) -> None:
+        """ACPI vCPU eject of an offline CPU: it leaves ``cpu_present_mask``; its ``crash_notes``
+        buffer stays (per-CPU memory of possible CPUs is never freed)."""
+        self.cpus.cpu_hot_remove(cpu)
+
+    # -- memory hotplug ----------------------------------------------------------------------
+    def register_memory_notifier(self, call: Callable[[int, MemoryNotify], int], priority: int = 0,
+                                 name: str = "") -> NotifierBlock[MemoryNotify]:
+        """``register_memory_notifier``"""
+        return self.memory.register_memory_notifier(call, priority, name)
+
+    def next_dimm_address(self, size: int) -> int:
+        """First address from :attr:`dimm_base` where ``size`` bytes fit between present DIMMs
+        (QEMU's first fit in the device-memory region, block aligned)."""
+        addr = self.dimm_base
+        for d in sorted(self.memory.dimms.values(), key=lambda d: d.start):
+            if addr + size <= d.start:
+                break
+            addr = max(addr, d.end + 1)
+        return -(-addr // self.block_size) * self.block_size
+
+    def add_dimm(self, size: int, *, name: str | None = None, start: int | None = None,
+                 online: str | None = None) -> Dimm:
+        """Hot-add a pc-dimm of ``size`` bytes (``add_memory``), auto-onlined per ``auto_online_blocks``
+        unless ``online`` names another policy."""
+        if name is None:
+            while f"dimm{self._dimm_seq}" in self.memory.dimms:
+                self._dimm_seq += 1
+            name = f"dimm{self._dimm_seq}"
+            self._dimm_seq += 1
+        addr = self.next_dimm_address(size) if start is None else start
+        if len(self.memory.dimms) >= self.dimm_slots:
+            raise MachineError(f"{name}: all {self.dimm_slots} DIMM slots are in use")
+        if addr + size > self.dimm_limit:
+            raise MachineError(f"{name}: {size >> 20} MiB at {addr:#x} exceeds maxmem (device memory ends at "
+                               f"{self.dimm_limit:#x})")
+        dimm = self.memory.add_memory(name, addr, size, online=online)
+        self.printk(f"acpi PNP0C80:{len(self.memory.dimms) - 1:02x}: {name} [mem {addr:#010x}-{dimm.end:#010x}]")
+        return dimm
+
+    def remove_dimm(self, name: str) -> Dimm:
+        """ACPI eject of a DIMM (QMP ``device_del``): offline every block, then remove it."""
+        return self.memory.remove_memory(name)
+
+    def memory_block_online(self, index: int, zone: str = "Movable") -> None:
+        """``echo online > memoryN/state``"""
+        self.memory.online_pages(index, zone)
+
+    def memory_block_offline(self, index: int) -> None:
+        """``echo offline > memoryN/state``"""
+        self.memory.offline_pages(index)
+
+    # -- construction ------------------------------------------------------------------------
+    @classmethod
+    def new(cls, *, mem_gib: float = 2, cpus: int = 2, possible: int = 8, crashkernel: str | None = "256M",
+            kernel: str = "6.12.43", seed: int = 0, block_size: int = MEMORY_BLOCK_SIZE,
+            auto_online_blocks: str = "online_movable", maxmem_gib: int = 16, slots: int = 8) -> Machine:
+        """A QEMU ``pc``-like machine: ``-m {mem_gib}G,slots={slots},maxmem={maxmem_gib}G -smp
+        {cpus},maxcpus={possible}``, booted with ``crashkernel=... nokaslr memhp_default_state=...``
+        on the kernel build ``kernel`` (``6.12.43``, ``6.12``, ``6.1``)."""
+        prof = profile_for(kernel)
+        if not 1 <= cpus <= possible:
+            raise MachineError(f"need 1 <= cpus ({cpus}) <= possible ({possible})")
+        ram = int(mem_gib * GIB)
+        if ram < 256 * MIB or ram % block_size:
+            raise MachineError(f"RAM of {ram:#x} bytes must be at least 256 MiB and a multiple of the block size")
+        if maxmem_gib * GIB < ram:
+            raise MachineError(f"maxmem {maxmem_gib} GiB is below the RAM size")
+        below = ram if ram < 0xE0000000 else 0xC0000000
+        above = ram - below
+        low_end = below - QEMU_LOWMEM_RESERVED - 1
+        dimm_base = 4 * GIB + -(-above // GIB) * GIB
+        # QEMU sizes device memory as maxmem - ram plus 1 GiB per slot for alignment; the 64-bit
+        # PCI hole (2 GiB) follows it
+        dimm_limit = dimm_base + maxmem_gib * GIB - ram + slots * GIB
+        iomem = _qemu_pc_iomem(prof, low_end, below, above, dimm_limit)
+        version = KernelVersion.parse(prof.release)
+        config = KernelConfig(version, prof.crash_hotplug, True, prof.nr_cpus, 8192)
+        mem = GuardedPhysMem(seed)
+        memory = MemoryHotplug(iomem, mem, block_size, auto_online_blocks)
+        crashk: tuple[int, int] | None = None
+        log_lines: list[str] = []
+        if crashkernel:
+            crashk = _reserve_crashkernel(iomem, crashkernel, prof, low_end)
+            size = crashk[1] - crashk[0] + 1
+            if version >= KernelVersion(6, 7):
+                log_lines.append(f"crashkernel reserved: {crashk[0]:#018x} - {crashk[1] + 1:#018x} ({size >> 20} MB)")
+            else:
+                log_lines.append(f"Reserving {size >> 20}MB of memory at {crashk[0] >> 20}MB for crashkernel "
+                                 f"(System RAM: {(ram - 1) >> 20}MB)")
+            _insert_crash_kernel(iomem, crashk)
+        ram_top = low_end + 1
+        cpu0_notes = prof.crash_notes_cpu0.resolve(crashk[0] if crashk else None, ram_top)
+        s, r, d, u, atom, pages = prof.pcpu
+        notes = {c: cpu0_notes + c * u for c in range(possible)}
+        hp = CpuHotplug.boot(range(possible), range(cpus), range(cpus), notes, nr_cpus=prof.nr_cpus)
+        pcpu_lines = [
+            f"setup_percpu: NR_CPUS:{prof.nr_cpus} nr_cpumask_bits:{possible} nr_cpu_ids:{possible} nr_node_ids:1",
+            f"percpu: Embedded {pages} pages/cpu s{s} r{r} d{d} u{u}",
+            f"pcpu-alloc: s{s} r{r} d{d} u{u} alloc=1*{atom}",
+            "pcpu-alloc: [0] " + " ".join(str(c) for c in range(possible)) + " ",
+        ]
+        cmdline = (f"console=ttyS0{f' crashkernel={crashkernel}' if crashkernel else ''} nokaslr "
+                   f"memhp_default_state={auto_online_blocks} panic=0 loglevel=7")
+        m = cls(
+            config=config, release=prof.release, banner=prof.banner, cmdline=cmdline, cpus=hp, memory=memory,
+            mem=mem, text_vaddr=prof.text_vaddr, text_paddr=prof.text_paddr, etext_size=prof.etext,
+            text_size=prof.end, vmcoreinfo_paddr=prof.vmcoreinfo.resolve(crashk[0] if crashk else None, ram_top),
+            vmcoreinfo_size=VMCOREINFO_NOTE_SIZE, crashk_res=crashk, pcpu=parse_pcpu_alloc("\n".join(pcpu_lines)),
+            dimm_base=dimm_base, dimm_limit=dimm_limit, dimm_slots=slots, profile=prof.key,
+        )
+        m.printk(prof.banner)
+        m.printk(f"Command line: {cmdline}")
+        for line in log_lines:
+            m.printk(line)
+        m.printk(f"CPU topo: Allowing {cpus} present CPUs plus {possible - cpus} hotplug CPUs")
+        for line in pcpu_lines:
+            m.printk(line)
+        _boot_blocks(memory)
+        m._init_memory_contents()
+        return m
+
+    @classmethod
+    def from_snapshot(cls, root: Path) -> Machine:
+        """The machine a snapshot directory describes (the layout of ``shared/vectors/*/S*/root``).
+
+        Kernel facts come from :func:`read_kernel_state`; memory blocks from
+        ``sys/devices/system/memory``; the seed, CPU task state and DIMM names from
+        ``var/lib/crash-hotplug/machine.json`` when the snapshot has it. Without it, each
+        top-level ``System RAM`` range at or above 4 GiB whose blocks are all ``Movable`` or
+        offline is taken to be a DIMM.
+        """
+        root = Path(root)
+        state = read_kernel_state(root)
+        fs = FsRoot(root)
+        model: dict[str, Any] = {}
+        model_text = fs.read_optional(MODEL_STATE_FILE)
+        if model_text is not None:
+            try:
+                model = json.loads(model_text)
+            except json.JSONDecodeError as e:
+                raise SnapshotError(fs.display(MODEL_STATE_FILE), f"not JSON: {e.msg}") from None
+        dmesg = fs.read_optional(DMESG) or ""
+        pcpu = parse_pcpu_alloc(dmesg) if dmesg else None
+        notes = {int(k): int(v) for k, v in model.get("crash_notes", {}).items()} or dict(state.crash_notes)
+        missing = [c for c in state.possible if c not in notes]
+        if missing and pcpu is not None:
+            with contextlib.suppress(ValueError):
+                notes = place_per_cpu(pcpu, notes, list(state.possible))
+        hp = CpuHotplug.boot(state.possible, state.present, state.online, notes,
+                             nr_cpus=state.config.nr_cpus_default)
+        hp.cpu0_hotpluggable = fs.exists(f"{CPU_DIR}/cpu0/online")
+        for key, cpu_model in model.get("cpus", {}).items():
+            c = hp.cpus.get(int(key))
+            if c is not None:
+                c.counter = int(cpu_model.get("counter", 0))
+                c.pid_override = cpu_model.get("pid_override")
+        mem = GuardedPhysMem(int(model.get("memory_pattern_seed", 0)))
+        block_size = fs.read_int(f"{MEM_DIR}/block_size_bytes", 16) if fs.exists(MEM_DIR) else MEMORY_BLOCK_SIZE
+        policy = (fs.read_optional(f"{MEM_DIR}/auto_online_blocks") or "offline").strip()
+        iomem = state.iomem.copy()
+        memory = MemoryHotplug(iomem, mem, block_size, policy)
+        _read_blocks(fs, memory)
+        _find_dimms(memory, model.get("dimms"))
+        syms = _kallsyms(fs)
+        banner = next((line.split("] ", 1)[-1] for line in dmesg.splitlines() if "Linux version" in line), "")
+        crash = sorted((r.start, r.end) for r in iomem.find(CRASH_KERNEL))
+        m = cls(
+            config=state.config,
+            release=fs.read_text("proc/sys/kernel/osrelease").strip(),
+            banner=banner,
+            cmdline=(fs.read_optional("proc/cmdline") or "").strip(),
+            cpus=hp, memory=memory, mem=mem,
+            text_vaddr=state.text_vaddr, text_paddr=state.text_paddr,
+            etext_size=syms.get("_etext", state.text_vaddr + state.text_size) - state.text_vaddr,
+            text_size=state.text_size,
+            vmcoreinfo_paddr=state.vmcoreinfo_paddr, vmcoreinfo_size=state.vmcoreinfo_size,
+            page_offset=state.page_offset, crash_notes_size=state.crash_notes_size,
+            crashk_res=state.crashk_res, crashk_low_res=state.crashk_low_res if len(crash) > 1 else None,
+            pcpu=pcpu, dimm_base=int(model.get("dimm_base", 4 * GIB)),
+            dimm_limit=int(model.get("dimm_limit", 1 << 64)), dimm_slots=int(model.get("dimm_slots", 256)),
+            profile=model.get("kernel_profile"),
+            vmcoreinfo_items={str(k): str(v) for k, v in model.get("vmcoreinfo", {}).items()},
+            log=dmesg.splitlines(),
+        )
+        m._clock_us = _last_stamp_us(m.log)
+        m._init_memory_contents()
+        return m
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+def _qemu_pc_iomem(prof: KernelProfile, low_end: int, below: int, above: int, pci64: int) -> Resource:
+    root = Resource(0, (1 << 64) - 1, "PCI mem")
+    entries: list[tuple[int, int, str]] = [
+        (0x0, 0xFFF, "Reserved"),
+        (0x1000, 0x9FBFF, SYSTEM_RAM),
+        (0x9FC00, 0x9FFFF, "Reserved"),
+        (0xA0000, 0xBFFFF, "PCI Bus 0000:00"),
+        (0xC0000, 0xC05FF, "Video ROM"),
+        (0xF0000, 0xFFFFF, "Reserved"),
+        (0xF0000, 0xFFFFF, "System ROM"),
+        (0x100000, low_end, SYSTEM_RAM),
+        (low_end + 1, below - 1, "Reserved"),
+        (below, 0xFEBFFFFF, "PCI Bus 0000:00"),
+        (0xFEC00000, 0xFEC003FF, "IOAPIC 0"),
+        (0xFED00000, 0xFED003FF, "HPET 0"),
+        (0xFED00000, 0xFED003FF, "PNP0103:00"),
+    ]
+    if prof.local_apic_in_iomem:
+        entries.append((0xFEE00000, 0xFEE00FFF, "Local APIC"))
+    entries.append((0xFFFC0000, 0xFFFFFFFF, "Reserved"))
+    if above:
+        entries.append((4 * GIB, 4 * GIB + above - 1, SYSTEM_RAM))
+    entries += [(pci64, pci64 + 2 * GIB - 1, "PCI Bus 0000:00"), (0xFD00000000, 0xFFFFFFFFFF, "Reserved")]
+    entries += [(s, e, n) for n, s, e in prof.iomem_extra]
+    for name, s, e in prof.image:
+        entries.append((s, e, name))
+    for s, e, n in entries:
+        # nested duplicates (System ROM in Reserved, PNP0103 in HPET) go under their twin
+        twin = next((r for r in root.children if (r.start, r.end) == (s, e)), None)
+        if twin is not None:
+            twin.children.append(Resource(s, e, n))
+        else:
+            root.insert(Resource(s, e, n))
+    return root
+
+
+def _reserve_crashkernel(iomem: Resource, spec: str, prof: KernelProfile, low_end: int) -> tuple[int, int]:
+    """``reserve_crashkernel`` on x86: a fixed base, or the highest ``CRASH_ALIGN``-aligned free
+    range below 4 GiB (memblock allocates top-down), or above 4 GiB for ``,high``."""
+    size, base, high = parse_crashkernel(spec)
+    if base is not None:
+        return base, base + size - 1
+    image_end = max(e for _, _, e in prof.image)
+    ram = list(walk_system_ram_res(iomem))
+    for start, end in sorted(ram, key=lambda r: r[1], reverse=True):
+        if not high and start >= CRASH_ADDR_LOW_MAX:
+            continue
+        top = end + 1 if high else min(end + 1, CRASH_ADDR_LOW_MAX)
+        cand = (top - size) // CRASH_ALIGN * CRASH_ALIGN
+        if cand >= max(start, image_end + 1):
+            return cand, cand + size - 1
+    raise MachineError(f"crashkernel={spec}: no {size >> 20} MiB {CRASH_ALIGN >> 20} MiB-aligned free range")
+
+
+def _insert_crash_kernel(iomem: Resource, crashk: tuple[int, int]) -> None:
+    iomem.insert(Resource(crashk[0], crashk[1], CRASH_KERNEL))
+
+
+def _zone_of_boot_block(start: int) -> str:
+    if start < 16 * MIB:
+        return "none"
+    return "DMA32" if start < 4 * GIB else "Normal"
+
+
+def _boot_blocks(memory: MemoryHotplug) -> None:
+    """A memory block for every block-size chunk that holds boot System RAM, online."""
+    bs = memory.block_size
+    for start, end in walk_system_ram_res(memory.iomem):
+        for i in range(start // bs, end // bs + 1):
+            memory.blocks.setdefault(i, MemoryBlock(i, True, _zone_of_boot_block(i * bs)))
+
+
+def _read_blocks(fs: FsRoot, memory: MemoryHotplug) -> None:
+    base = fs.file(MEM_DIR)
+    if not base.is_dir():
+        return
+    for d in sorted(base.glob("memory[0-9]*")):
+        rel = f"{MEM_DIR}/{d.name}"
+        index = fs.read_int(f"{rel}/phys_index", 16)
+        state = fs.read_text(f"{rel}/state").strip()
+        zones = (fs.read_optional(f"{rel}/valid_zones") or "").strip()
+        online = state == "online"
+        zone = zones if online else "Movable"
+        memory.blocks[index] = MemoryBlock(index, online, zone)
+
+
+def _find_dimms(memory: MemoryHotplug, recorded: list[dict[str, int | str]] | None) -> None:
+    found: list[Dimm] = []
+    if recorded is not None:
+        found = [Dimm(str(d["name"]), int(d["start"]), int(d["size"])) for d in recorded]
+    else:
+        bs = memory.block_size
+        for r in memory.iomem.children:
+            if not r.is_system_ram or r.start < 4 * GIB or r.start % bs or r.size % bs:
+                continue
+            idx = range(r.start // bs, (r.end + 1) // bs)
+            blocks = [memory.blocks.get(i) for i in idx]
+            if all(b is not None and (not b.online or b.zone == "Movable") for b in blocks):
+                found.append(Dimm(f"dimm{len(found) + 1}", r.start, r.size))
+    bs = memory.block_size
+    for d in found:
+        memory.dimms[d.name] = d
+        for i in range(d.start // bs, (d.end + 1) // bs):
+            b = memory.blocks.get(i)
+            if b is not None:
+                b.dimm = d.name
+
+
+def _kallsyms(fs: FsRoot) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in (fs.read_optional("proc/kallsyms") or "").splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[2] not in out:
+            try:
+                out[parts[2]] = int(parts[0], 16)
+            except ValueError:
+                continue
+    return out
+
+
+def _last_stamp_us(lines: list[str]) -> int:
+    for line in reversed(lines):
+        m = re.match(r"\[\s*(\d+)\.(\d{6})\]", line)
+        if m:
+            return int(m.group(1)) * 1_000_000 + int(m.group(2))
+    return 0

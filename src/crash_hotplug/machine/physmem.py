@@ -1,0 +1,82 @@
+"""Physical memory that holds bytes: sparse pages over a deterministic background pattern.
+
+A page nobody wrote reads as :func:`page_pattern` of its frame number and the machine's seed, so a
+vmcore taken from the model can be checked byte for byte without storing gigabytes. Writes (the
+kdump segments, ``crash_notes``, VMCOREINFO) are kept page by page.
+
+A model machine written out as a snapshot records its seed in :data:`MODEL_STATE_FILE`, so a tool
+reading the snapshot (the vmcore audit) can recompute the expected bytes of any unwritten page.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final, Protocol
+
+__all__ = ["MODEL_STATE_FILE", "PAGE_SIZE", "MemoryReader", "PhysMem", "page_pattern"]
+
+PAGE_SIZE: Final = 4096
+#: snapshot file (beside proc/ and sys/) that a model machine writes: JSON with at least
+#: ``{"memory_pattern_seed": int}``
+MODEL_STATE_FILE: Final = "var/lib/crash-hotplug/machine.json"
+
+
+class MemoryReader(Protocol):
+    """Anything that can read physical memory."""
+
+    def read(self, paddr: int, size: int) -> bytes: ...
+
+
+def page_pattern(pfn: int, seed: int = 0) -> bytes:
+    """The 4096 bytes an unwritten page frame holds: SHA-256 of (seed, pfn) repeated."""
+    block = hashlib.sha256(seed.to_bytes(8, "little") + pfn.to_bytes(8, "little")).digest()
+    return block * (PAGE_SIZE // len(block))
+
+
+class PhysMem:
+    """Sparse physical memory: written pages are stored, every other page reads as its pattern."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+        self._pages: dict[int, bytearray] = {}
+
+    def _page(self, pfn: int) -> bytearray:
+        page = self._pages.get(pfn)
+        if page is None:
+            page = bytearray(page_pattern(pfn, self.seed))
+            self._pages[pfn] = page
+        return page
+
+    def read(self, paddr: int, size: int) -> bytes:
+        out = bytearray()
+        pos, end = paddr, paddr + size
+        while pos < end:
+            pfn, off = divmod(pos, PAGE_SIZE)
+            n = min(PAGE_SIZE - off, end - pos)
+            page = self._pages.get(pfn)
+            src = page if page is not None else page_pattern(pfn, self.seed)
+            out += src[off : off + n]
+            pos += n
+        return bytes(out)
+
+    def write(self, paddr: int, data: bytes) -> None:
+        pos, i = paddr, 0
+        while i < len(data):
+            pfn, off = divmod(pos, PAGE_SIZE)
+            n = min(PAGE_SIZE - off, len(data) - i)
+            self._page(pfn)[off : off + n] = data[i : i + n]
+            pos += n
+            i += n
+
+    def zero(self, paddr: int, size: int) -> None:
+        """Fill a range with zeros (a fresh allocation, a cleared buffer)."""
+        self.write(paddr, bytes(size))
+
+    def discard(self, start: int, end: int) -> None:
+        """Forget writes to pages in ``[start, end]`` (memory that left the machine)."""
+        for pfn in [p for p in self._pages if start <= p * PAGE_SIZE <= end]:
+            del self._pages[pfn]
+
+    @property
+    def written_pages(self) -> int:
+        return len(self._pages)

@@ -1,0 +1,54 @@
+"""Physical memory with read-only ranges, as ``arch_kexec_protect_crashkres`` leaves the
+crashkernel region (``arch/x86/kernel/machine_kexec_64.c: kexec_mark_crashkres``).
+
+A write that touches a protected range raises :class:`ProtectedMemoryWriteError`; the kexec code
+unprotects around its own writes.
+"""
+
+from __future__ import annotations
+
+from crash_hotplug.errors import CrashHotplugError
+from crash_hotplug.machine.physmem import PhysMem
+
+__all__ = ["GuardedPhysMem", "ProtectedMemoryWriteError"]
+
+
+class ProtectedMemoryWriteError(CrashHotplugError):
+    """A write into a range that was made read-only (the loaded crashkernel region)."""
+
+    def __init__(self, paddr: int, size: int, rng: tuple[int, int]) -> None:
+        self.paddr = paddr
+        self.size = size
+        self.range = rng
+        super().__init__(
+            f"write of {size} bytes at {paddr:#x} hits read-only memory [{rng[0]:#x}-{rng[1]:#x}]")
+
+
+class GuardedPhysMem(PhysMem):
+    """:class:`PhysMem` whose writes check a set of read-only inclusive ranges."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__(seed)
+        self._ro: set[tuple[int, int]] = set()
+
+    @property
+    def protected(self) -> tuple[tuple[int, int], ...]:
+        return tuple(sorted(self._ro))
+
+    def protect(self, start: int, end: int) -> None:
+        """Make ``[start, end]`` read-only (``set_memory_ro``)."""
+        self._ro.add((start, end))
+
+    def unprotect(self, start: int, end: int) -> None:
+        """Make ``[start, end]`` writable again (``set_memory_rw``)."""
+        self._ro.discard((start, end))
+
+    def is_protected(self, paddr: int, size: int = 1) -> bool:
+        return any(not (paddr + size - 1 < s or paddr > e) for s, e in self._ro)
+
+    def write(self, paddr: int, data: bytes) -> None:
+        if data:
+            for rng in self._ro:
+                if not (paddr + len(data) - 1 < rng[0] or paddr > rng[1]):
+                    raise ProtectedMemoryWriteError(paddr, len(data), rng)
+        super().write(paddr, data)

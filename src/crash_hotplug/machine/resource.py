@@ -1,0 +1,174 @@
+"""The iomem resource tree (``kernel/resource.c``) and its ``/proc/iomem`` rendering.
+
+``walk_system_ram_res`` walks the tree the way ``find_next_iomem_res`` does: depth first, every
+resource whose flags say System RAM (in ``/proc/iomem`` terms: a name starting with ``System RAM``,
+which covers driver-managed ``System RAM (kmem)`` too), clipped to the window, in address order.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+__all__ = [
+    "CRASH_KERNEL",
+    "SYSTEM_RAM",
+    "Resource",
+    "iomem_render",
+    "parse_iomem",
+    "walk_system_ram_res",
+]
+
+SYSTEM_RAM = "System RAM"
+CRASH_KERNEL = "Crash kernel"
+
+_LINE = re.compile(r"^( *)([0-9a-fA-F]+)-([0-9a-fA-F]+) : (.*)$")
+
+
+@dataclass(slots=True)
+class Resource:
+    """``struct resource``: an inclusive ``[start, end]`` range with a name and children."""
+
+    start: int
+    end: int
+    name: str
+    children: list[Resource] = field(default_factory=list)
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start + 1
+
+    @property
+    def is_system_ram(self) -> bool:
+        return self.name.startswith(SYSTEM_RAM)
+
+    def walk(self) -> Iterator[tuple[int, Resource]]:
+        """(depth, resource) for every descendant, depth first, in tree order (the root excluded)."""
+        stack: list[tuple[int, Iterator[Resource]]] = [(0, iter(self.children))]
+        while stack:
+            depth, it = stack[-1]
+            nxt = next(it, None)
+            if nxt is None:
+                stack.pop()
+                continue
+            yield depth, nxt
+            if nxt.children:
+                stack.append((depth + 1, iter(nxt.children)))
+
+    def find(self, name: str) -> list[Resource]:
+        return [r for _, r in self.walk() if r.name == name]
+
+    def insert(self, res: Resource) -> None:
+        """``insert_resource``: place ``res`` at the deepest level that contains it; it adopts
+        the siblings it covers. Raises ``ValueError`` on a partial overlap."""
+        for child in self.children:
+            if child.start <= res.start and res.end <= child.end and (child.start, child.end) != (res.start, res.end):
+                child.insert(res)
+                return
+        adopted = [c for c in self.children if res.start <= c.start and c.end <= res.end]
+        for c in self.children:
+            if c in adopted:
+                continue
+            if not (c.end < res.start or c.start > res.end):
+                raise ValueError(
+                    f"{res.name} [{res.start:#x}-{res.end:#x}] partially overlaps {c.name} [{c.start:#x}-{c.end:#x}]"
+                )
+        res.children.extend(adopted)
+        res.children.sort(key=lambda r: r.start)
+        self.children = sorted([c for c in self.children if c not in adopted] + [res], key=lambda r: r.start)
+
+    def remove(self, start: int, end: int, name: str) -> Resource:
+        """``release_resource`` of the resource with that range and name (its children go with it)."""
+        for i, child in enumerate(self.children):
+            if (child.start, child.end, child.name) == (start, end, name):
+                return self.children.pop(i)
+            if child.start <= start and end <= child.end:
+                return child.remove(start, end, name)
+        raise KeyError(f"no resource {name} [{start:#x}-{end:#x}]")
+
+    def copy(self) -> Resource:
+        return Resource(self.start, self.end, self.name, [c.copy() for c in self.children])
+
+
+def parse_iomem(text: str, source: str = "/proc/iomem") -> Resource:
+    """The tree ``/proc/iomem`` prints (two spaces of indent per level).
+
+    Raises ``ValueError`` naming the line on anything else.
+    """
+    root = Resource(0, (1 << 64) - 1, "PCI mem")
+    stack: list[Resource] = [root]
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        m = _LINE.match(line)
+        if not m:
+            raise ValueError(f"{source}: line {lineno}: not 'start-end : name': {line!r}")
+        indent, s, e, name = m.groups()
+        if len(indent) % 2:
+            raise ValueError(f"{source}: line {lineno}: odd indent of {len(indent)} spaces")
+        depth = len(indent) // 2
+        if depth > len(stack) - 1:
+            raise ValueError(
+                f"{source}: line {lineno}: indented {depth} levels under a parent at level {len(stack) - 2}"
+            )
+        start, end = int(s, 16), int(e, 16)
+        if end < start:
+            raise ValueError(f"{source}: line {lineno}: end {end:#x} below start {start:#x}")
+        del stack[depth + 1 :]
+        parent = stack[depth]
+        if parent is not root and not (parent.start <= start and end <= parent.end):
+            raise ValueError(
+                f"{source}: line {lineno}: [{start:#x}-{end:#x}] lies outside its parent "
+                f"{parent.name} [{parent.start:#x}-{parent.end:#x}]"
+            )
+        res = Resource(start, end, name)
+        parent.children.append(res)
+        stack.append(res)
+    return root
+
+
+def iomem_render(root: Resource) -> str:
+    """``/proc/iomem`` text of the tree (``r_show``: width 8 hex digits at least)."""
+    width = 4 if root.end < 0x10000 else 8
+    return "".join(
+        f"{'  ' * depth}{r.start:0{width}x}-{r.end:0{width}x} : {r.name}\n" for depth, r in root.walk()
+    )
+
+
+def _collect_ram(children: list[Resource], out: list[tuple[int, int]]) -> None:
+    append = out.append
+    for r in children:
+        if r.name.startswith(SYSTEM_RAM):
+            # Anything nested in a System RAM resource ends inside it, so the kernel's cursor has
+            # passed it by the time the walk reaches it: no need to descend.
+            append((r.start, r.end))
+        elif r.children:
+            _collect_ram(r.children, out)
+
+
+def walk_system_ram_res(root: Resource, start: int = 0, end: int = (1 << 64) - 1) -> list[tuple[int, int]]:
+    """Inclusive ``(start, end)`` of each System RAM resource in the window (``walk_system_ram_res``).
+
+    The kernel restarts ``find_next_iomem_res`` from the top for each hit; because the cursor only
+    moves forward and a nested tree's depth-first order is address order, one pass gives the same
+    ranges.
+    """
+    rams: list[tuple[int, int]] = []
+    _collect_ram(root.children, rams)
+    if start == 0 and end == (1 << 64) - 1:
+        return rams
+    out: list[tuple[int, int]] = []
+    cursor = start
+    for s, e in rams:
+        if e < cursor:
+            continue
+        if s > end:
+            break
+        hs = s if s > cursor else cursor
+        he = e if e < end else end
+        out.append((hs, he))
+        if he >= end:
+            break
+        cursor = he + 1
+    return out

@@ -1,0 +1,77 @@
+"""Shared fixtures: the real-kernel vectors (read in place from ../shared/vectors) and helpers."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def vectors_dir() -> Path | None:
+    env = os.environ.get("CRASH_HOTPLUG_VECTORS")
+    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "vectors", REPO / ".." / "shared" / "vectors"]:
+        if (cand / "README.md").is_file():
+            return cand.resolve()
+    return None
+
+
+VECTORS = vectors_dir()
+
+
+@dataclass(frozen=True)
+class VectorStep:
+    kernel: str
+    scenario: str
+    name: str
+    path: Path
+
+    @property
+    def root(self) -> Path:
+        return self.path / "root"
+
+    @property
+    def header(self) -> bytes:
+        return (self.path / "elfcorehdr.bin").read_bytes()
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads((self.path / "step.json").read_text())
+        return data
+
+    @property
+    def id(self) -> str:
+        return f"{self.kernel}/{self.scenario}/{self.name}"
+
+
+def vector_scenarios() -> list[Path]:
+    if VECTORS is None:
+        return []
+    return sorted(p.parent for p in VECTORS.glob("*/*/scenario.json"))
+
+
+def vector_steps() -> list[VectorStep]:
+    out = []
+    for scen in vector_scenarios():
+        for s in sorted(scen.glob("S*"), key=lambda p: int(p.name[1:])):
+            out.append(VectorStep(scen.parent.name, scen.name, s.name, s))
+    return out
+
+
+def last_rebuild_step(step: VectorStep) -> VectorStep:
+    """The step whose snapshot the header in memory at ``step`` was built from: the load step,
+    or the latest step (up to this one) whose step.json says the header changed."""
+    steps = [s for s in vector_steps() if (s.kernel, s.scenario) == (step.kernel, step.scenario)]
+    idx = [s.name for s in steps].index(step.name)
+    for s in reversed(steps[: idx + 1]):
+        if s.meta.get("header_changed_vs_previous_step") in (None, True):
+            return s
+    return steps[0]
+
+
+needs_vectors = pytest.mark.skipif(VECTORS is None, reason="../shared/vectors not found beside the repository")
