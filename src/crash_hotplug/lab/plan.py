@@ -77,7 +77,7 @@ def _check_step(i: int, step: Any) -> dict[str, Any]:
 
 def plan_from_json(data: Any, origin: str = "<plan>") -> Plan:
     """Validate a plan object (or a whole ``scenario.json`` holding one under ``plan``)."""
-    if isinstance(data, dict) and "plan" in data and "steps" not in data:
+    if isinstance(data, dict) and isinstance(data.get("plan"), dict):
         data = data["plan"]
     if not isinstance(data, dict):
         raise ScenarioError(f"{origin}: a plan must be a JSON object")
