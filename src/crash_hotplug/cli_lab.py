@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -40,7 +40,7 @@ def run_cmd(scenario: str, kernel_key: str, out: Path | None, accel: str) -> Non
     try:
         plan = load_plan(scenario)
         if out is None:
-            stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
             out = Path("lab-runs") / f"{kernel_key}-{plan.name}-{stamp}"
         t0 = time.monotonic()
         with console.status(f"lab run {plan.name} on {kernel_key}") as status:

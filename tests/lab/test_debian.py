@@ -55,5 +55,5 @@ def test_kernel_keys(key: str, name: str, matches: bool) -> None:
 
 
 def test_unknown_kernel_key() -> None:
-    with pytest.raises(KernelFetchError, match="unknown kernel key '5.10'"):
+    with pytest.raises(KernelFetchError, match=r"unknown kernel key '5\.10'"):
         kernel_spec("5.10")

@@ -8,6 +8,7 @@ two marks. Every wait has a timeout and raises ``GuestTimeout`` with the tail of
 from __future__ import annotations
 
 import base64
+import contextlib
 import re
 import socket
 import threading
@@ -64,10 +65,8 @@ class SerialConsole:
                 self._cond.notify_all()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
         self._sock.close()
         self._thread.join(timeout=2)
         self._log.close()

@@ -57,7 +57,7 @@ def _check_step(i: int, step: Any) -> dict[str, Any]:
     for key, typ in required.items():
         if key not in step:
             raise ScenarioError(f"step {i} ({op}): missing {key!r}")
-        if not isinstance(step[key], typ) or isinstance(step[key], bool) and typ is int:
+        if not isinstance(step[key], typ) or (isinstance(step[key], bool) and typ is int):
             raise ScenarioError(f"step {i} ({op}): {key!r} must be {getattr(typ, '__name__', typ)}")
     for key, value in step.items():
         if key == "op" or key in required:

@@ -261,13 +261,14 @@ class VM:
         """Wait for a QMP event (already received ones included), e.g. ``DEVICE_DELETED``."""
         deadline = time.monotonic() + timeout
         while True:
-            for i, ev in enumerate(self.events):
-                if ev.get("event") == name and (match is None or match(ev)):
+            for i, seen in enumerate(self.events):
+                if seen.get("event") == name and (match is None or match(seen)):
                     return self.events.pop(i)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise QemuError(f"no QMP event {name} within {timeout:g} s")
             self._check_alive()
+            ev: dict[str, Any] | None
             try:
                 ev = self.qmp.pull_event(wait=min(remaining, 1.0))
             except Exception:

@@ -312,6 +312,10 @@ class Runner:
             self.state.loaded = _Loaded(syscall, *_kexec_tools_elfcorehdr(out))
         return extra
 
+    def set_loaded(self, syscall: str, addr: int, memsz: int) -> None:
+        """Record where the loaded crash image's elfcorehdr segment is (for later snapshots)."""
+        self.state.loaded = _Loaded(syscall, addr, memsz)
+
     def _op_unload(self, vm: VM, step: dict[str, Any]) -> dict[str, Any]:
         vm.console.run("kexec -p -u", timeout=60)
         self.state.loaded = None
@@ -321,28 +325,34 @@ class Runner:
         m = re.search(r"Linux version (\d+)\.(\d+)", str(self.scenario.get("kernel_version", "")))
         return bool(m) and (int(m[1]), int(m[2])) >= (major, minor) if m else False
 
-    def _wait_guest(self, vm: VM, cond: str, timeout: float) -> bool:
+    def wait_guest(self, vm: VM, cond: str, timeout: float) -> bool:
         """Poll a shell condition in the guest every 50 ms, in one round trip; True if it came true."""
         n = max(1, int(timeout / 0.05))
         loop = f"( i=0; while ! {{ {cond}; }}; do i=$((i+1)); [ $i -ge {n} ] && exit 1; sleep 0.05; done )"
         rc, _ = vm.console.run(loop, timeout=timeout * 3 + 30, check=False)
         return rc == 0
 
+    def hot_add_dimm(self, vm: VM, idx: int, size: int) -> list[int]:
+        """QMP ``object-add`` memory-backend-ram + ``device_add`` pc-dimm; returns the DIMM's block numbers."""
+        backend: dict[str, Any] = {"qom-type": "memory-backend-ram", "id": f"mem{idx}", "size": size}
+        vm.cmd("object-add", **backend)
+        vm.cmd("device_add", driver="pc-dimm", id=f"dimm{idx}", memdev=f"mem{idx}")
+        addr = self._dimm_addr(vm, f"dimm{idx}")
+        self.state.dimms[idx] = {"addr": addr, "size": size}
+        bs = self.state.block_size
+        return list(range(addr // bs, (addr + size) // bs))
+
     def _op_add_dimm(self, vm: VM, step: dict[str, Any]) -> dict[str, Any]:
         idx, size = step["idx"], step["size_mib"] << 20
         t0 = time.monotonic()
-        vm.cmd("object-add", **{"qom-type": "memory-backend-ram", "id": f"mem{idx}", "size": size})
-        vm.cmd("device_add", driver="pc-dimm", id=f"dimm{idx}", memdev=f"mem{idx}")
-        addr = self._dimm_addr(vm, f"dimm{idx}")
-        bs = self.state.block_size
-        blocks = list(range(addr // bs, (addr + size) // bs))
-        self.state.dimms[idx] = {"addr": addr, "size": size}
-        cond = " && ".join(
-            f'[ "$(cat /sys/devices/system/memory/memory{b}/state 2>/dev/null)" = online ]' for b in blocks
-        )
-        if not self._wait_guest(vm, cond, 120):
+        blocks = self.hot_add_dimm(vm, idx, size)
+        if not self.wait_guest(vm, blocks_online(blocks), 120):
             raise ScenarioError(f"dimm{idx}'s memory blocks {blocks} did not come online within 120 s")
-        return {"_wall": time.monotonic() - t0, "dimm_blocks": blocks, "dimm_addr": hex(addr)}
+        return {
+            "_wall": time.monotonic() - t0,
+            "dimm_blocks": blocks,
+            "dimm_addr": hex(self.state.dimms[idx]["addr"]),
+        }
 
     @staticmethod
     def _dimm_addr(vm: VM, dev_id: str) -> int:
@@ -381,7 +391,7 @@ class Runner:
             vm.cmd("device_add", driver=slot["type"], id=f"vcpu{props.get('socket-id', 0)}", **props)
         want = len(before) + n
         cond = f'[ "$(ls -d /sys/devices/system/cpu/cpu[0-9]* | wc -l)" -ge {want} ]'
-        appeared = self._wait_guest(vm, cond, 20)
+        appeared = self.wait_guest(vm, cond, 20)
         after = self._cpus(vm, "present")
         added = sorted(set(after) - set(before))
         if not appeared:
@@ -648,6 +658,13 @@ class Runner:
                 entry["prstatus_saved"] = saved
             out[f"cpu{cpu}"] = entry
         return out
+
+
+def blocks_online(blocks: list[int]) -> str:
+    """A guest shell condition: every listed memory block is online."""
+    return " && ".join(
+        f'[ "$(cat /sys/devices/system/memory/memory{b}/state 2>/dev/null)" = online ]' for b in blocks
+    )
 
 
 def _note_owners(root: Path, notes: list[elfcore.Phdr]) -> list[str]:
