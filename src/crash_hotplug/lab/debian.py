@@ -313,24 +313,25 @@ class AptArchive:
         spec = kernel_spec(key)
         self.update()
         rx = re.compile(spec.pattern)
-        best: tuple[int, int, str, str] | None = None
+        # Highest ABI/version first; then unsigned over signed; then the spec's suite order.
+        best: tuple[int, int, int, str, str] | None = None
         for name in self.package_names("linux-image-6."):
             m = rx.fullmatch(name)
             if not m:
                 continue
             for _version, line in self.madison(name):
-                suite = next((s for s in spec.suites if f" {s}/" in f" {line}"), None)
-                if suite is None:
+                rank = next((i for i, s in enumerate(spec.suites) if f" {s}/" in f" {line}"), None)
+                if rank is None:
                     continue
                 unsigned = 1 if name.endswith("-unsigned") else 0
-                cand = (int(m[1]), unsigned, name, suite)
-                if best is None or cand[:2] > best[:2]:
+                cand = (int(m[1]), unsigned, -rank, name, spec.suites[rank])
+                if best is None or cand[:3] > best[:3]:
                     best = cand
         if best is None:
             raise KernelFetchError(
                 f"no package matching {spec.pattern} in {', '.join(spec.suites)} for kernel key {key!r}"
             )
-        return best[2], best[3]
+        return best[3], best[4]
 
     def fetch_kernel(self, key: str) -> KernelPackage:
         """Resolve, download and unpack the bzImage of a kernel key (cached by package and version)."""
