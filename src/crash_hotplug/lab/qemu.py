@@ -27,6 +27,7 @@ from crash_hotplug.lab.guest import SerialConsole
 __all__ = [
     "ACCELS",
     "KERNEL_CMDLINE",
+    "KVM_FAILURE_MARKS",
     "VM",
     "MachineConfig",
     "kvm_usable",
@@ -38,9 +39,11 @@ KERNEL_CMDLINE = (
 )
 ACCELS: dict[str, list[str]] = {
     "tcg": ["-accel", "tcg,thread=multi", "-cpu", "max,la57=off"],
-    "kvm": ["-accel", "kvm", "-cpu", "host,la57=off"],
+    # arch-capabilities off: some nested hosts refuse MSR 0x10a (IA32_ARCH_CAPABILITIES) at start.
+    "kvm": ["-accel", "kvm", "-cpu", "host,la57=off,-arch-capabilities"],
 }
-KVM_FAILURE_MARKS = ("KVM internal error", "kvm run failed", "failed to initialize kvm")
+# What QEMU prints when KVM cannot run the guest (PVM: the decompressor's emulation failure).
+KVM_FAILURE_MARKS = ("KVM internal error", "kvm run failed", "failed to initialize", "error:")
 
 Log = Callable[[str], None]
 

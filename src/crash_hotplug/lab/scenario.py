@@ -33,7 +33,7 @@ from crash_hotplug.lab.initramfs import (
     build_main_initramfs,
 )
 from crash_hotplug.lab.plan import Plan
-from crash_hotplug.lab.qemu import VM, MachineConfig, kvm_usable
+from crash_hotplug.lab.qemu import KVM_FAILURE_MARKS, VM, MachineConfig, kvm_usable
 from crash_hotplug.lab.rundir import (
     KERNEL_TEXT_VADDR,
     hexrange,
@@ -179,15 +179,16 @@ class Runner:
         order = self._accel_order(kernel)
         for accel in order:
             vm = VM(self.cfg, kernel.vmlinuz, initrd, self.out, accel=accel, log=self.report)
-            stack.enter_context(vm)
             t0 = time.monotonic()
             try:
+                stack.enter_context(vm)
                 if accel == "kvm" and len(order) > 1:
                     self._wait_kvm_boot(vm)
                 vm.console.wait_for(rf"^{READY_MARK} main", BOOT_TIMEOUT)
             except (GuestTimeout, QemuError) as exc:
                 if accel == "kvm" and len(order) > 1:
-                    self.report(f"KVM cannot run this kernel here ({str(exc).splitlines()[0]}); using TCG")
+                    why = " ".join(str(exc).split())[:160]
+                    self.report(f"KVM cannot run this guest here ({why}); using TCG")
                     vm.close()
                     self._save_verdict(kernel, "tcg")
                     continue
@@ -204,8 +205,9 @@ class Runner:
         deadline = time.monotonic() + KVM_PROBE_TIMEOUT
         while time.monotonic() < deadline:
             err = vm.stderr_tail(4000)
-            if any(mark in err for mark in ("KVM internal error", "kvm run failed", "failed to initialize")):
-                raise QemuError(f"KVM failed: {err.splitlines()[0] if err else ''}")
+            hit = next((ln for ln in err.splitlines() if any(m in ln for m in KVM_FAILURE_MARKS)), None)
+            if hit is not None:
+                raise QemuError(f"KVM failed: {hit.strip()}")
             if vm.proc is None or vm.proc.poll() is not None:
                 raise QemuError(f"QEMU exited under KVM: {err}")
             if "Linux version" in vm.console.text():
@@ -323,7 +325,7 @@ class Runner:
 
     def _kernel_at_least(self, major: int, minor: int) -> bool:
         m = re.search(r"Linux version (\d+)\.(\d+)", str(self.scenario.get("kernel_version", "")))
-        return bool(m) and (int(m[1]), int(m[2])) >= (major, minor) if m else False
+        return m is not None and (int(m[1]), int(m[2])) >= (major, minor)
 
     def wait_guest(self, vm: VM, cond: str, timeout: float) -> bool:
         """Poll a shell condition in the guest every 50 ms, in one round trip; True if it came true."""
