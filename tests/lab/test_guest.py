@@ -76,11 +76,13 @@ def test_machine_config_rejects_unknown_keys() -> None:
 
 
 def test_kexec_load_elfcorehdr_from_kexec_debug_output() -> None:
+    # as kexec-tools 2.0.25 `kexec -p -d` prints it (captured from a 6.12 guest)
     out = (
-        "segment[0].mem:0x6f000000 memsz:4096\n"
-        "kexec_load: entry = 0x7e000000 flags = 0x3e0001\n"
-        "segment[0].buf   = 0x55d0\nsegment[0].bufsz = 0x400\nsegment[0].mem   = 0x7efff000\n"
-        "Command line: elfcorehdr=2080764K console=ttyS0\n"
-        "  buf=0x1 bufsz=0x400 mem=0x7efff000 memsz=0x1000\n"
+        "nr_segments = 3\n"
+        "segment[0].buf   = 0x55708f7906b0\nsegment[0].bufsz = 0x30\n"
+        "segment[0].mem   = 0x6f000000\nsegment[0].memsz = 0x1000\n"
+        "segment[1].buf   = 0x55708f76b480\nsegment[1].bufsz = 0x400\n"
+        "segment[1].mem   = 0x7ef5d000\nsegment[1].memsz = 0x4000\n"
+        "Command line: elfcorehdr=2080116K console=ttyS0\n"
     )
-    assert _kexec_tools_elfcorehdr(out) == (0x7EFFF000, 0x1000)
+    assert _kexec_tools_elfcorehdr(out) == (0x7EF5D000, 0x4000)

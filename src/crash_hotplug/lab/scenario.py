@@ -692,9 +692,11 @@ def _kexec_tools_elfcorehdr(kexec_debug: str) -> tuple[int, int]:
     if not m:
         raise ScenarioError("kexec -d printed no elfcorehdr= argument")
     addr = int(m[1]) * 1024
-    for seg in re.finditer(r"mem=(0x[0-9a-f]+)\s+memsz=(0x[0-9a-f]+)", kexec_debug):
-        if int(seg[1], 16) == addr:
-            return addr, int(seg[2], 16)
+    mems = dict(re.findall(r"segment\[(\d+)\]\.mem\s*=\s*(0x[0-9a-f]+)", kexec_debug))
+    sizes = dict(re.findall(r"segment\[(\d+)\]\.memsz\s*=\s*(0x[0-9a-f]+)", kexec_debug))
+    for idx, mem in mems.items():
+        if int(mem, 16) == addr and idx in sizes:
+            return addr, int(sizes[idx], 16)
     raise ScenarioError(f"kexec -d printed no segment at the elfcorehdr address {addr:#x}")
 
 

@@ -22,6 +22,7 @@ import statistics
 import time
 from typing import TYPE_CHECKING, Any
 
+from crash_hotplug.lab import elfcore
 from crash_hotplug.lab.errors import ScenarioError
 from crash_hotplug.lab.initramfs import CAPTURE_CMDLINE
 from crash_hotplug.lab.rundir import last_loaded_elf_headers
@@ -83,6 +84,18 @@ def _after_mark(dmesg: str, mark: str) -> str:
     return dmesg[idx:] if idx >= 0 else dmesg
 
 
+def _header_covers(vm: VM, runner: Runner, addr: int) -> bool | None:
+    """Whether the loaded elfcorehdr has a PT_LOAD starting at ``addr`` (read with ``pmemsave``)."""
+    loaded = runner.state.loaded
+    if loaded is None:
+        return None
+    dest = runner.out / ".storm-segment.bin"
+    with vm.paused():
+        seg = vm.pmemsave(loaded.addr, loaded.memsz, dest)
+    dest.unlink()
+    return any(p.p_type == elfcore.PT_LOAD and p.p_paddr == addr for p in elfcore.phdrs(seg))
+
+
 def _reload_runs(vm: VM, n: int, load_cmd: str, wait_blocks: list[int] | None = None) -> list[dict[str, Any]]:
     """n unload+load cycles in one guest command; each as ns of unload and load, and the exit status."""
     wait = ""
@@ -131,6 +144,7 @@ def run_storm(vm: VM, runner: Runner, step: dict[str, Any]) -> dict[str, Any]:
     if not runner.wait_guest(vm, cond, 300):
         raise ScenarioError(f"storm: dimm{base_idx} did not settle within 300 s")
     settle_in_kernel = time.monotonic() - t0
+    covers = _header_covers(vm, runner, runner.state.dimms[base_idx]["addr"])
     _rc, dmesg = con.run("dmesg")
     pairs = hotplug_update_pairs(_after_mark(dmesg, "lab-storm-in-kernel"))
 
@@ -174,6 +188,7 @@ def run_storm(vm: VM, runner: Runner, step: dict[str, Any]) -> dict[str, Any]:
             "settle_s": round(settle_in_kernel, 4),
             "no_image_s": 0.0,
             "updates_seen": len(pairs),
+            "header_covers_dimm": covers,
         },
         "reload": {
             "dimm": f"dimm{base_idx + 1}",
