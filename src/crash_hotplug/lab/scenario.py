@@ -416,16 +416,18 @@ class Runner:
         return {}
 
     def _op_del_cpu(self, vm: VM, step: dict[str, Any]) -> dict[str, Any]:
-        cpu = step["cpu"]
-        plugged = [c for c in vm.cmd("query-hotpluggable-cpus") if "qom-path" in c]
-        ids = {c["qom-path"].rsplit("/", 1)[-1] for c in plugged}
-        dev = next((i for i in ids if i.startswith("vcpu")), None)
-        target = f"vcpu{cpu}" if f"vcpu{cpu}" in ids else dev
-        if target is None:
-            raise ScenarioError("del_cpu: no hot-added vCPU to remove")
+        """``device_del`` of the vCPU that ``add_cpus`` plugged as ``vcpu<N>`` (socket N = cpu N here)."""
+        target = f"vcpu{step['cpu']}"
+        plugged = {c["qom-path"].rsplit("/", 1)[-1] for c in vm.cmd("query-hotpluggable-cpus") if "qom-path" in c}
+        if target not in plugged:
+            raise ScenarioError(f"del_cpu: no hot-added vCPU {target} (plugged: {sorted(plugged)})")
         t0 = time.monotonic()
         vm.cmd("device_del", id=target)
-        vm.wait_event("DEVICE_DELETED", 120, lambda ev: ev.get("data", {}).get("device") == target)
+        try:
+            vm.wait_event("DEVICE_DELETED", 60, lambda ev: ev.get("data", {}).get("device") == target)
+        except QemuError as exc:
+            _rc, log = vm.console.run("dmesg | tail -n 15", check=False)
+            raise ScenarioError(f"del_cpu: the guest did not eject {target}: {exc}; dmesg:\n{log}") from exc
         return {"_wall": time.monotonic() - t0}
 
     def _op_online_block(self, vm: VM, step: dict[str, Any]) -> dict[str, Any]:
