@@ -58,3 +58,20 @@ def test_unknown_scenario_and_bad_json(tmp_path: Path) -> None:
     bad.write_text("{")
     with pytest.raises(ScenarioError, match="not valid JSON"):
         load_plan(str(bad))
+
+
+def test_lab_run_bad_input_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from crash_hotplug.cli_lab import lab
+
+    runner = CliRunner()
+    for args, message in (
+        (["run", "nope", "--kernel", "6.12"], "no scenario 'nope'"),
+        (["run", "short", "--kernel", "5.10", "--out", str(tmp_path / "r")], "unknown kernel key '5.10'"),
+    ):
+        result = runner.invoke(lab, args)
+        assert result.exit_code == 1
+        assert message in " ".join(result.output.split())
+        assert "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()

@@ -219,8 +219,8 @@ class Runner:
 
     def run(self) -> Path:
         """Run the plan; returns the run directory. The VM is always stopped on return."""
-        self.out.mkdir(parents=True, exist_ok=True)
         kernel, tools, initrd = self.prepare()
+        self.out.mkdir(parents=True, exist_ok=True)
         self.scenario = {
             "kernel": self.kernel_key,
             "scenario": self.plan.name,
