@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from crash_hotplug.errors import CrashHotplugError
 from crash_hotplug.lab.errors import LabError
 
 __all__ = ["lab"]
@@ -50,7 +51,7 @@ def run_cmd(scenario: str, kernel_key: str, out: Path | None, accel: str) -> Non
                 status.update(f"[{time.monotonic() - t0:6.1f} s] {msg}")
 
             run_dir = run_scenario(plan, kernel_key, out, accel=accel, report=report)
-    except LabError as exc:
+    except (LabError, CrashHotplugError) as exc:
         console.print(f"[red]lab run failed:[/red] {exc}", markup=True, highlight=False)
         sys.exit(1)
     except KeyboardInterrupt:
@@ -70,7 +71,7 @@ def check_cmd(run_dir: Path, kernel_version: str | None) -> None:
     console = Console()
     try:
         report = check_run(run_dir, kernel_version=kernel_version)
-    except LabError as exc:
+    except (LabError, CrashHotplugError) as exc:
         Console(stderr=True).print(f"[red]lab check failed:[/red] {exc}", highlight=False)
         sys.exit(1)
     render(report, console)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from crash_hotplug.lab import elfcore
+from crash_hotplug.elf.constants import NT_PRSTATUS
+from crash_hotplug.elf.core import ElfCore
+from crash_hotplug.elf.prstatus import ElfPrstatus
 from crash_hotplug.lab.rundir import (
     RunDir,
     hexrange,
@@ -42,12 +44,10 @@ def test_iomem_rule_and_header_summary_match_step_json(vector_run: Path) -> None
         expected, crash = iomem_system_ram_expected((st.root / "proc/iomem").read_text())
         assert [hexrange(r) for r in expected] == st.info["iomem_system_ram_expected"]
         assert crash is not None and hexrange(crash) == st.info["crashkernel_region"]
-        hdr = st.elfcorehdr
-        ph = elfcore.phdrs(hdr)
-        assert elfcore.used_size(hdr) == st.info["elfcorehdr_used_size"]
-        assert sum(p.p_type == elfcore.PT_LOAD for p in ph) == st.info["n_load"]
-        notes = [p for p in ph if p.p_type == elfcore.PT_NOTE]
-        assert _note_owners(st.root, notes) == st.info["pt_note_owners"]
+        core = ElfCore.parse(st.elfcorehdr)
+        assert core.used_size == st.info["elfcorehdr_used_size"]
+        assert len(core.load_phdrs) == st.info["n_load"]
+        assert _note_owners(st.root, core.notes_phdrs) == st.info["pt_note_owners"]
 
 
 def test_action_labels_are_the_vectors_wording(vector_run: Path) -> None:
@@ -60,16 +60,14 @@ def test_vmcore_notes_match_capture_json(vector_run: Path) -> None:
     run = RunDir(vector_run)
     headers, capture = run.vmcore_headers(), run.capture()
     assert headers is not None and capture is not None
-    ph = elfcore.phdrs(headers)
+    core = ElfCore.parse(headers)
     got = []
-    for p in ph:
-        if p.p_type == elfcore.PT_NOTE:
-            for name, ntype, desc in elfcore.iter_notes(headers[p.p_offset : p.p_offset + p.p_filesz]):
-                if name == b"CORE" and ntype == elfcore.NT_PRSTATUS:
-                    pid, rip = elfcore.prstatus_pid_rip(desc)
-                    got.append({"pr_pid": pid, "rip": hex(rip)})
+    for _i, note in core.notes():
+        if note.name == "CORE" and note.n_type == NT_PRSTATUS:
+            pr = ElfPrstatus.unpack(note.desc)
+            got.append({"pr_pid": pr.pr_pid, "rip": hex(pr.ip)})
     assert got == capture["vmcore_nt_prstatus"]
-    loads = [[hex(p.p_paddr), hex(p.p_memsz)] for p in ph if p.p_type == elfcore.PT_LOAD]
+    loads = [[hex(p.p_paddr), hex(p.p_memsz)] for p in core.load_phdrs]
     assert loads == capture["vmcore_load_ranges"]
 
 

@@ -19,7 +19,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from crash_hotplug.lab import elfcore
+from crash_hotplug.elf.core import ElfCore
 from crash_hotplug.lab.errors import LabError, RunDirError
 from crash_hotplug.lab.rundir import KERNEL_TEXT_VADDR, RunDir, Step, iomem_system_ram_expected
 
@@ -127,8 +127,8 @@ def _vmcore_checks(run: RunDir, last: Step) -> list[tuple[str, bool | None, str]
     capture = run.capture()
     if headers is None or capture is None:
         return [("vmcore", None, "no capture in this run")]
-    vm_loads = [(p.p_paddr, p.p_memsz) for p in elfcore.phdrs(headers) if p.p_type == elfcore.PT_LOAD]
-    hdr_loads = [(p.p_paddr, p.p_memsz) for p in elfcore.phdrs(last.elfcorehdr) if p.p_type == elfcore.PT_LOAD]
+    vm_loads = [(p.p_paddr, p.p_memsz) for p in ElfCore.parse(headers, "vmcore-headers.bin").load_phdrs]
+    hdr_loads = [(p.p_paddr, p.p_memsz) for p in ElfCore.parse(last.elfcorehdr, last.name).load_phdrs]
     same = vm_loads == hdr_loads
     out.append(
         (

@@ -22,7 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from crash_hotplug.lab import elfcore
+from crash_hotplug.elf.constants import NT_PRSTATUS
+from crash_hotplug.elf.core import ElfCore
+from crash_hotplug.elf.notes import iter_notes
+from crash_hotplug.elf.prstatus import ElfPrstatus
+from crash_hotplug.elf.structs import Elf64_Phdr
 from crash_hotplug.lab.debian import GuestTools, KernelPackage, cache_dir, default_archive
 from crash_hotplug.lab.errors import GuestTimeout, LabError, QemuError, ScenarioError
 from crash_hotplug.lab.guest import SerialConsole, parse_snapshot_stream
@@ -453,7 +457,7 @@ class Runner:
         files, unreadable = parse_snapshot_stream(text)
         for gpath, data in files.items():
             if gpath == "/proc/kcore" and len(data) >= 64:
-                data = data[: elfcore.used_size(data)]
+                data = data[: ElfCore.parse(data, gpath).used_size]
             dest = root / gpath.lstrip("/")
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(data)
@@ -470,13 +474,12 @@ class Runner:
         with vm.paused():
             seg = vm.pmemsave(loaded.addr, loaded.memsz, seg_path)
         seg_path.unlink()
-        used = elfcore.used_size(seg)
+        core = ElfCore.parse(seg, f"elfcorehdr segment at {loaded.addr:#x}")
+        used = core.used_size
         bin_size = -(-used // PAGE) * PAGE
         hdr = seg[:bin_size]
         (sdir / "elfcorehdr.bin").write_bytes(hdr)
-        ph = elfcore.phdrs(seg)
-        loads = [p for p in ph if p.p_type == elfcore.PT_LOAD]
-        notes = [p for p in ph if p.p_type == elfcore.PT_NOTE]
+        loads, notes = core.load_phdrs, core.notes_phdrs
         rest = seg[bin_size:]
         iomem = (root / "proc/iomem").read_text() if (root / "proc/iomem").exists() else ""
         expected, crash = iomem_system_ram_expected(iomem)
@@ -581,19 +584,17 @@ class Runner:
         _rc, iomem = con.run("cat /proc/iomem")
         con.run(f"head -c {VMCORE_READ} /proc/vmcore > /tmp/vmcore-head", timeout=120)
         raw = con.read_file("/tmp/vmcore-head", timeout=120)
-        ph = elfcore.phdrs(raw)
-        notes = [p for p in ph if p.p_type == elfcore.PT_NOTE]
-        loads = [p for p in ph if p.p_type == elfcore.PT_LOAD]
-        end = max([elfcore.used_size(raw), *(p.p_offset + p.p_filesz for p in notes)])
+        vmcore = ElfCore.parse(raw, "/proc/vmcore")
+        notes, loads = vmcore.notes_phdrs, vmcore.load_phdrs
+        end = max([vmcore.used_size, *(p.p_offset + p.p_filesz for p in notes)])
         headers = raw[:end]
         (self.out / "vmcore-headers.bin").write_bytes(headers)
         (self.out / "capture-cmdline").write_text(cmdline)
         prstatus = []
-        for p in notes:
-            for name, ntype, desc in elfcore.iter_notes(headers[p.p_offset : p.p_offset + p.p_filesz]):
-                if name == b"CORE" and ntype == elfcore.NT_PRSTATUS:
-                    pid, rip = elfcore.prstatus_pid_rip(desc)
-                    prstatus.append({"pr_pid": pid, "rip": hex(rip)})
+        for _i, note in ElfCore.parse(headers, "vmcore headers").notes():
+            if note.name == "CORE" and note.n_type == NT_PRSTATUS:
+                pr = ElfPrstatus.unpack(note.desc)
+                prstatus.append({"pr_pid": pr.pr_pid, "rip": hex(pr.ip)})
         per_cpu = self._per_cpu_notes(con, loads)
         fields = ls.split()
         info: dict[str, Any] = {
@@ -627,14 +628,14 @@ class Runner:
             f"{len(loads)} PT_LOAD, {len(prstatus)} NT_PRSTATUS"
         )
 
-    def _per_cpu_notes(self, con: SerialConsole, loads: list[elfcore.Phdr]) -> dict[str, Any]:
+    def _per_cpu_notes(self, con: SerialConsole, loads: list[Elf64_Phdr]) -> dict[str, Any]:
         root, hdr = self.state.last_root, self.state.last_header
         out: dict[str, Any] = {}
         if root is None:
             return out
         final_notes = set()
         if hdr is not None:
-            final_notes = {p.p_paddr for p in elfcore.phdrs(hdr) if p.p_type == elfcore.PT_NOTE}
+            final_notes = {p.p_paddr for p in ElfCore.parse(hdr).notes_phdrs}
         cpudir = root / "sys/devices/system/cpu"
         cpus = sorted(
             (int(d.name[3:]) for d in cpudir.glob("cpu[0-9]*") if (d / "crash_notes").exists()),
@@ -655,10 +656,10 @@ class Runner:
                 rc, _ = con.run(dd, timeout=60, check=False)
                 data = con.read_file(f"/tmp/n{cpu}", timeout=60) if rc == 0 else b""
                 saved = False
-                for name, ntype, desc in elfcore.iter_notes(data):
-                    if name == b"CORE" and ntype == elfcore.NT_PRSTATUS:
+                for note in iter_notes(data):
+                    if note.name == "CORE" and note.n_type == NT_PRSTATUS:
                         saved = True
-                        entry["pr_pid"] = elfcore.prstatus_pid_rip(desc)[0]
+                        entry["pr_pid"] = ElfPrstatus.unpack(note.desc).pr_pid
                 entry["prstatus_saved"] = saved
             out[f"cpu{cpu}"] = entry
         return out
@@ -671,7 +672,7 @@ def blocks_online(blocks: list[int]) -> str:
     )
 
 
-def _note_owners(root: Path, notes: list[elfcore.Phdr]) -> list[str]:
+def _note_owners(root: Path, notes: list[Elf64_Phdr]) -> list[str]:
     """Name each PT_NOTE by address: ``cpuN`` (sysfs crash_notes), ``vmcoreinfo``, or ``?``."""
     owners: dict[int, str] = {}
     cpudir = root / "sys/devices/system/cpu"

@@ -22,7 +22,7 @@ import statistics
 import time
 from typing import TYPE_CHECKING, Any
 
-from crash_hotplug.lab import elfcore
+from crash_hotplug.elf.core import ElfCore
 from crash_hotplug.lab.errors import ScenarioError
 from crash_hotplug.lab.initramfs import CAPTURE_CMDLINE
 from crash_hotplug.lab.rundir import last_loaded_elf_headers
@@ -93,7 +93,7 @@ def _header_covers(vm: VM, runner: Runner, addr: int) -> bool | None:
     with vm.paused():
         seg = vm.pmemsave(loaded.addr, loaded.memsz, dest)
     dest.unlink()
-    return any(p.p_type == elfcore.PT_LOAD and p.p_paddr == addr for p in elfcore.phdrs(seg))
+    return any(p.p_paddr == addr for p in ElfCore.parse(seg).load_phdrs)
 
 
 def _reload_runs(vm: VM, n: int, load_cmd: str, wait_blocks: list[int] | None = None) -> list[dict[str, Any]]:
