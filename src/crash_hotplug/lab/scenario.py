@@ -55,12 +55,10 @@ VMCORE_READ = 65536
 BOOT_TIMEOUT = 300.0
 CAPTURE_TIMEOUT = 600.0
 KVM_PROBE_TIMEOUT = 60.0
-KEXEC_LOAD = (
-    "kexec -s -p -d /kdump/vmlinuz --initrd=/kdump/capture.cpio.gz --append=" + shlex.quote(CAPTURE_CMDLINE)
-)
-KEXEC_LOAD_NOFILE = (
-    "kexec -p -d /kdump/vmlinuz --initrd=/kdump/capture.cpio.gz --append=" + shlex.quote(CAPTURE_CMDLINE)
-)
+# The capture kernel is the same kernel, with the capture initramfs (the vectors' load).
+KEXEC_ARGS = "/kdump/vmlinuz --initrd=/kdump/capture.cpio.gz --append=" + shlex.quote(CAPTURE_CMDLINE)
+KEXEC_LOAD = f"kexec -s -p -d {KEXEC_ARGS}"
+KEXEC_LOAD_NOFILE = f"kexec -p -d {KEXEC_ARGS}"
 PANIC_RE = re.compile(r"CPU: (\d+) (?:UID: \d+ )?PID: (\d+) Comm: (\S+)")
 
 

@@ -17,16 +17,14 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import statistics
 import time
 from typing import TYPE_CHECKING, Any
 
 from crash_hotplug.elf.core import ElfCore
 from crash_hotplug.lab.errors import ScenarioError
-from crash_hotplug.lab.initramfs import CAPTURE_CMDLINE
 from crash_hotplug.lab.rundir import last_loaded_elf_headers
-from crash_hotplug.lab.scenario import blocks_online
+from crash_hotplug.lab.scenario import KEXEC_ARGS, blocks_online
 
 if TYPE_CHECKING:
     from crash_hotplug.lab.qemu import VM
@@ -34,7 +32,6 @@ if TYPE_CHECKING:
 
 __all__ = ["hotplug_update_pairs", "run_storm", "stats"]
 
-_KEXEC_ARGS = "/kdump/vmlinuz --initrd=/kdump/capture.cpio.gz --append=" + shlex.quote(CAPTURE_CMDLINE)
 _STAMP = re.compile(r"^\[\s*(\d+\.\d+)\] (.*)$")
 
 METHODS = {
@@ -151,18 +148,18 @@ def run_storm(vm: VM, runner: Runner, step: dict[str, Any]) -> dict[str, Any]:
     # udev-style: one unload + reload per block event of a second DIMM.
     t1 = time.monotonic()
     blocks_b = runner.hot_add_dimm(vm, base_idx + 1, size)
-    per_event = _reload_runs(vm, len(blocks_b), f"kexec -s -p {_KEXEC_ARGS}", wait_blocks=blocks_b)
+    per_event = _reload_runs(vm, len(blocks_b), f"kexec -s -p {KEXEC_ARGS}", wait_blocks=blocks_b)
     settle_reload = time.monotonic() - t1
 
     # Reload cost of each syscall, as the vectors' full_reload.
     full: list[dict[str, Any]] = []
     for mode, cmd in (
-        ("kexec_file_load (-s)", f"kexec -s -p {_KEXEC_ARGS}"),
-        ("kexec_load (no -s)", f"kexec -p {_KEXEC_ARGS}"),
+        ("kexec_file_load (-s)", f"kexec -s -p {KEXEC_ARGS}"),
+        ("kexec_load (no -s)", f"kexec -p {KEXEC_ARGS}"),
     ):
         full.extend({"mode": mode, **r} for r in _reload_runs(vm, runs, cmd))
     # Leave a kexec_file_load image loaded, and follow where its header went.
-    con.run(f"kexec -p -u; kexec -s -p -d {_KEXEC_ARGS} >/dev/null 2>&1", timeout=120)
+    con.run(f"kexec -p -u; kexec -s -p -d {KEXEC_ARGS} >/dev/null 2>&1", timeout=120)
     _rc, tail = con.run("dmesg | grep 'Loaded ELF headers at' | tail -n 1")
     found = last_loaded_elf_headers(tail)
     if found is not None:
