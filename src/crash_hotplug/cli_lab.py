@@ -63,14 +63,20 @@ def run_cmd(scenario: str, kernel_key: str, out: Path | None, accel: str) -> Non
 
 @lab.command("check")
 @click.argument("run_dir", type=click.Path(path_type=Path))
-@click.option("--kernel-version", default=None, help="override the kernel version string of the run")
-def check_cmd(run_dir: Path, kernel_version: str | None) -> None:
+@click.option("--kernel-version", default=None, help="kernel release for the model (default: each root's osrelease)")
+@click.option(
+    "--against",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="a reference run (e.g. the vectors' run of the same kernel) to compare headers with, for information",
+)
+def check_cmd(run_dir: Path, kernel_version: str | None, against: Path | None) -> None:
     """Compare each step's real elfcorehdr with the model's, and the vmcore with the audit."""
     from crash_hotplug.lab.check import check_run, render
 
     console = Console()
     try:
-        report = check_run(run_dir, kernel_version=kernel_version)
+        report = check_run(run_dir, kernel_version=kernel_version, against=against)
     except (LabError, CrashHotplugError) as exc:
         Console(stderr=True).print(f"[red]lab check failed:[/red] {exc}", highlight=False)
         sys.exit(1)

@@ -76,3 +76,12 @@ def test_check_cli_ok_and_bad_input(vectors: Path, tmp_path: Path) -> None:
     assert "Traceback" not in bad.output
     with pytest.raises(RunDirError):
         check_run(tmp_path)
+
+
+def test_against_a_reference_run_is_information_only(vectors: Path) -> None:
+    run = vectors / "6.12.43" / "base"
+    same = check_run(run, against=run)
+    assert [r.vs_reference for r in same.steps] == ["same bytes"] * 6
+    other = check_run(run, against=vectors / "6.12" / "base")
+    assert other.ok  # the model check is unaffected
+    assert all(r.vs_reference and r.vs_reference != "same bytes" for r in other.steps)

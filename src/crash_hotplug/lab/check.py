@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +39,7 @@ class StepResult:
     difference: str | None
     stale_vs_own_root: bool | None  # real header differs from the model of this step's own root
     skipped: str | None = None  # why this step was not compared
+    vs_reference: str | None = None  # against the same step of a reference run (--against), if asked
 
     @property
     def ok(self) -> bool:
@@ -85,8 +86,13 @@ def check_run(
     run_dir: Path,
     kernel_version: str | None = None,
     model: tuple[BuildHeader, FirstDifference] | None = None,
+    against: Path | None = None,
 ) -> CheckReport:
-    """Check every step of ``run_dir`` and its capture; raises ``RunDirError`` on a malformed run."""
+    """Check every step of ``run_dir`` and its capture; raises ``RunDirError`` on a malformed run.
+
+    ``against`` names a reference run (e.g. the vectors' run of the same kernel and scenario); each
+    step's real header is then also compared with the reference's, for information only.
+    """
     run = RunDir(run_dir)
     build, first_difference = model or _model()
     version = kernel_version  # None: the model reads proc/sys/kernel/osrelease under each root
@@ -117,6 +123,13 @@ def check_run(
         diff = first_difference(model_of(src), real)
         own = None if src is st else first_difference(model_of(st), real) is not None
         report.steps.append(StepResult(st.name, str(st.info.get("action", "")), src.name, diff, own))
+    if against is not None:
+        ref = {st.name: st for st in RunDir(against).steps()}
+        for i, r in enumerate(report.steps):
+            other = ref.get(r.step)
+            mine = next(st for st in steps if st.name == r.step)
+            text = "no such step" if other is None else first_difference(other.elfcorehdr, mine.elfcorehdr)
+            report.steps[i] = replace(r, vs_reference=text or "same bytes")
     report.vmcore.extend(_vmcore_checks(run, steps[-1]))
     return report
 
@@ -188,14 +201,21 @@ def _ranges(loads: list[tuple[int, int]]) -> str:
 def render(report: CheckReport, console: Console) -> None:
     """The report as rich tables: one row per step, then the vmcore checks."""
     table = Table(title=f"{report.run_dir} ({report.kernel}): real elfcorehdr vs model")
-    for col in ("step", "action", "model from", "result", "real vs model of own root"):
+    cols = ["step", "action", "model from", "result", "real vs model of own root"]
+    with_ref = any(r.vs_reference is not None for r in report.steps)
+    if with_ref:
+        cols.append("real vs reference run (information)")
+    for col in cols:
         table.add_column(col)
     for r in report.steps:
         result = "[green]same bytes[/green]" if r.ok else f"[red]{r.difference}[/red]"
         if r.skipped:
             result = f"skipped: {r.skipped}"
         stale = "-" if r.stale_vs_own_root is None else ("stale" if r.stale_vs_own_root else "same")
-        table.add_row(r.step, r.action, r.source, result, stale)
+        row = [r.step, r.action, r.source, result, stale]
+        if with_ref:
+            row.append(r.vs_reference or "-")
+        table.add_row(*row)
     console.print(table)
     vt = Table(title="vmcore")
     for col in ("check", "result", "detail"):
