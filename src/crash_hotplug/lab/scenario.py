@@ -543,6 +543,8 @@ class Runner:
                 "header_matches_iomem_system_ram": info.get("header_matches_iomem_system_ram"),
                 "n_load": info.get("n_load"),
                 "n_note": info.get("n_note"),
+                "step_wall_s": info.get("step_wall_s"),
+                "snapshot_host_s": info.get("snapshot_host_s"),
             }
         )
         self._write_scenario()
