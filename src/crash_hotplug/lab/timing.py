@@ -19,6 +19,7 @@ import json
 import re
 import statistics
 import time
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from crash_hotplug.elf.core import ElfCore
@@ -44,6 +45,10 @@ METHODS = {
         "(kexec_file_load) or `kexec -p` (kexec_load) of the same kernel+initrd; what a udev-rule reload "
         "costs per event"
     ),
+    "sysfs_write_ns": (
+        "in the guest, CLOCK_MONOTONIC around one write() of offline / online_movable to memoryN/state "
+        "(labtool wr), once per block of the in-kernel DIMM, with kdump loaded"
+    ),
     "storm": (
         "host wall time from QMP device_add of an N-block pc-dimm until the kernel settled: in_kernel = every "
         "block online and every 'updated elfcorehdr' printed; reload = one unload+load per block event done "
@@ -52,11 +57,16 @@ METHODS = {
 }
 
 
-def stats(values: list[float]) -> dict[str, float | int]:
+def stats(values: Sequence[float]) -> dict[str, float | int]:
     """n, min, median, max of a sample (empty: n=0 only)."""
     if not values:
         return {"n": 0}
-    return {"n": len(values), "min": min(values), "median": statistics.median(values), "max": max(values)}
+    return {
+        "n": len(values),
+        "min": min(values),
+        "median": round(statistics.median(values), 9),
+        "max": max(values),
+    }
 
 
 def hotplug_update_pairs(dmesg: str) -> list[tuple[int, float]]:
@@ -91,6 +101,20 @@ def _header_covers(vm: VM, runner: Runner, addr: int) -> bool | None:
         seg = vm.pmemsave(loaded.addr, loaded.memsz, dest)
     dest.unlink()
     return any(p.p_paddr == addr for p in ElfCore.parse(seg).load_phdrs)
+
+
+def _toggle_blocks(vm: VM, blocks: list[int]) -> dict[str, Any]:
+    """``offline`` then ``online_movable`` written once to each block's state, timed by ``labtool wr``."""
+    offline: list[int] = []
+    online: list[int] = []
+    for b in blocks:
+        path = f"/sys/devices/system/memory/memory{b}/state"
+        for value, sink in (("offline", offline), ("online_movable", online)):
+            _rc, out = vm.console.run(f"labtool wr {path} {value}", timeout=120, check=False)
+            parts = out.split()
+            if len(parts) == 3 and parts[1] == "0":
+                sink.append(int(parts[2]))
+    return {"offline_write_ns": stats(offline), "online_write_ns": stats(online)}
 
 
 def _reload_runs(vm: VM, n: int, load_cmd: str, wait_blocks: list[int] | None = None) -> list[dict[str, Any]]:
@@ -142,6 +166,9 @@ def run_storm(vm: VM, runner: Runner, step: dict[str, Any]) -> dict[str, Any]:
         raise ScenarioError(f"storm: dimm{base_idx} did not settle within 300 s")
     settle_in_kernel = time.monotonic() - t0
     covers = _header_covers(vm, runner, runner.state.dimms[base_idx]["addr"])
+    # Offline/online toggles of those blocks through sysfs: in-kernel updates for hp_action 4 and 3,
+    # and the write() latency the user sees, with the image loaded.
+    toggles = _toggle_blocks(vm, blocks_a[: int(step.get("toggles", len(blocks_a)))])
     _rc, dmesg = con.run("dmesg")
     pairs = hotplug_update_pairs(_after_mark(dmesg, "lab-storm-in-kernel"))
 
@@ -215,6 +242,7 @@ def run_storm(vm: VM, runner: Runner, step: dict[str, Any]) -> dict[str, Any]:
         },
         "in_kernel_update_s": {"pairs": [list(p) for p in pairs], "by_action": by_action},
         "full_reload": {"stats_ns": stats_ns, "runs": full},
+        "memory_toggle_sysfs_write_ns": {"loaded": toggles},
         "storm": storm,
     }
     (runner.out / "timing.json").write_text(json.dumps(timing, indent=1) + "\n")
