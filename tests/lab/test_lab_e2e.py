@@ -64,3 +64,22 @@ def test_short_scenario_on_6_12_end_to_end(tmp_path: Path) -> None:
     check = runner.invoke(lab, ["check", str(out)])
     assert check.exit_code == 0, check.output
     assert "same bytes" in check.output
+
+
+@pytest.mark.lab
+def test_interrupt_inside_the_vm_context_stops_qemu(tmp_path: Path) -> None:
+    _need_qemu()
+    from crash_hotplug.lab.debian import default_archive
+    from crash_hotplug.lab.initramfs import Cpio
+
+    kernel = default_archive().fetch_kernel("6.12")
+    initrd = tmp_path / "empty.cpio.gz"
+    initrd.write_bytes(Cpio().gzip())
+    pid = None
+    with pytest.raises(KeyboardInterrupt), VM(MachineConfig(), kernel.vmlinuz, initrd, tmp_path, accel="tcg") as vm:
+        assert vm.proc is not None
+        pid = vm.proc.pid
+        vm.console.wait_for("Linux version", 60)
+        raise KeyboardInterrupt
+    assert pid is not None
+    assert not Path(f"/proc/{pid}").exists()
