@@ -152,11 +152,16 @@ def read_model_state(root: FsRoot) -> ModelState | None:
         )
         cpus: dict[int, CpuState] = {}
         for key, st in dict(data.get("cpus", {})).items():
-            regs = {str(k): _int(v, f"cpus.{key}.regs.{k}") for k, v in dict(st.get("regs", {})).items()}
+            raw_regs = st.get("regs", {})
+            if isinstance(raw_regs, list):  # user_regs_struct order
+                if len(raw_regs) != len(USER_REGS):
+                    raise ValueError(f"cpus.{key}.regs: {len(raw_regs)} values, user_regs_struct has {len(USER_REGS)}")
+                raw_regs = dict(zip(USER_REGS, raw_regs, strict=True))
+            regs = {str(k): _int(v, f"cpus.{key}.regs.{k}") for k, v in dict(raw_regs).items()}
             unknown = sorted(set(regs) - set(USER_REGS))
             if unknown:
                 raise ValueError(f"cpus.{key}.regs: {unknown[0]!r} is not a user_regs_struct register")
-            pid = st.get("pr_pid")
+            pid = st.get("pr_pid", st.get("pid"))
             cpus[_int(key, "cpus key")] = CpuState(None if pid is None else _int(pid, f"cpus.{key}.pr_pid"), regs)
         panic = data.get("panic_cpu")
         return ModelState(seed, written, cpus, None if panic is None else _int(panic, "panic_cpu"))
@@ -494,7 +499,8 @@ def _size(n: int) -> str:
 def _check_memory(vf: VmcoreFile, m: MachineAtPanic, findings: list[Finding], notes: list[str]) -> MemoryCheck:
     dumped = _merge([(s.paddr, s.end) for s in vf.ram_loads if s.size > 0])
     expected = list(m.expected_ram)
-    missing = _subtract(expected, dumped)
+    # offline blocks hold nothing worth dumping: not dumping them is no gap (dumping them is a note)
+    missing = _subtract(_subtract(expected, list(m.offline_memory or ())), dumped)
     extra = _subtract(dumped, expected)
     for s, e in missing:
         findings.append(
@@ -559,17 +565,11 @@ def _check_bytes(
         acc += c
     picks = sorted(random.Random(seed).sample(range(total), min(samples, total)))
     bad: list[int] = []
-    with vf.path.open("rb") as f:
-        for k in picks:
-            i = bisect.bisect_right(starts, k) - 1
-            pfn = pages[i][0] + (k - starts[i])
-            seg = vf.segment_for(pfn * PAGE_SIZE, PAGE_SIZE)
-            if seg is None:
-                bad.append(pfn * PAGE_SIZE)
-                continue
-            f.seek(seg.offset + pfn * PAGE_SIZE - seg.paddr)
-            if f.read(PAGE_SIZE) != page_pattern(pfn, m.model.memory_pattern_seed):
-                bad.append(pfn * PAGE_SIZE)
+    for k in picks:
+        i = bisect.bisect_right(starts, k) - 1
+        pfn = pages[i][0] + (k - starts[i])
+        if vf.read_phys(pfn * PAGE_SIZE, PAGE_SIZE) != page_pattern(pfn, m.model.memory_pattern_seed):
+            bad.append(pfn * PAGE_SIZE)
     if bad:
         shown = ", ".join(f"{a:#x}" for a in bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
         findings.append(

@@ -203,3 +203,28 @@ def test_errors() -> None:
     m2 = Machine.new(kernel="6.12.43", crashkernel="16M")
     with pytest.raises(KexecError, match="no room"):
         kexec_file_load(Kexec(m2), KexecPayload.synthetic(kernel_memsz=32 << 20))
+
+
+def test_6_6_bug_hashes_the_header_when_purgatory_comes_first() -> None:
+    from crash_hotplug.kexec.kexec_file import kexec_calculate_store_digests
+    from crash_hotplug.kexec.kimage import KexecSegment
+    from crash_hotplug.kexec.purgatory import PurgatoryInfo, PurgatoryObject, build_purgatory
+
+    def image() -> Kimage:
+        pi = PurgatoryInfo.setup_kbuf(PurgatoryObject.parse(build_purgatory()))
+        pi.setup_sechdrs(0x1000)
+        segs = [KexecSegment(b"", 0x4000, 0x1000, 0x5000, "purgatory"),
+                KexecSegment(b"\x7fELF", 4, 0x10000, 0x1000, "elfcorehdr"),
+                KexecSegment(b"k", 1, 0x20000, 0x1000, "kernel")]
+        return Kimage(segments=segs, purgatory=pi, purgatory_index=0, elfcorehdr_index=1)
+
+    def table(img: Kimage) -> list[str]:
+        assert img.purgatory is not None
+        raw = img.purgatory.get_symbol("purgatory_sha_regions", 256)
+        return [s.name for r in unpack_sha_regions(raw) if r[1] for s in img.segments if s.mem == r[0]]
+
+    fixed, buggy = image(), image()
+    kexec_calculate_store_digests(fixed, crash_hotplug=True)
+    kexec_calculate_store_digests(buggy, crash_hotplug=True, digest_bug_6_6=True)
+    assert table(fixed) == ["kernel"]
+    assert table(buggy) == ["elfcorehdr"], "j reaches the index at the kernel: header hashed, kernel skipped"

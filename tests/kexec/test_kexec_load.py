@@ -113,3 +113,18 @@ def test_userspace_header_matches_kernel_header_shape() -> None:
     hdr = ElfCore.parse(crash_create_elf64_headers(m))
     assert hdr.ehdr.e_phnum == 3 + 1 + 1 + 3
     assert len(crash_create_elf64_headers(m)) == 1024
+
+
+def test_generic_flag_is_known_from_6_10() -> None:
+    from crash_hotplug.kexec.kimage import KEXEC_CRASH_HOTPLUG_SUPPORT
+    from crash_hotplug.machine.kernel import KernelConfig, KernelVersion
+
+    m, kx = setup()
+    lo, _ = m.crashk_res  # type: ignore[misc]
+    seg = [KexecSegment(b"", 0, lo, 4096)]
+    image = kexec_load(kx, 0, seg, KEXEC_ON_CRASH | KEXEC_CRASH_HOTPLUG_SUPPORT)
+    assert image is not None and image.hotplug_support
+    m.config = KernelConfig(KernelVersion(6, 6), True)
+    with pytest.raises(KexecError, match="unknown flags 0x8"):
+        kexec_load(kx, 0, seg, KEXEC_ON_CRASH | KEXEC_CRASH_HOTPLUG_SUPPORT)
+    assert kexec_load(kx, 0, seg, KEXEC_ON_CRASH | KEXEC_UPDATE_ELFCOREHDR) is not None

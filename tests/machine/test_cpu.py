@@ -13,6 +13,7 @@ from crash_hotplug.machine.cpu import (
     CpuHotplug,
     CpuhpCallbackError,
     CpuhpState,
+    CpuhpStateError,
     CpuNotHotpluggableError,
     CpuNotPossibleError,
     CpuNotPresentError,
@@ -131,3 +132,14 @@ def test_registers_are_a_function_of_cpu_and_counter() -> None:
     assert len(note) == 368
     back = ElfPrstatus.unpack(note[20:356])
     assert back.pr_pid == s.pid and back.regs == regs
+
+
+def test_cpuhp_state_errors() -> None:
+    hp = boot()
+    for _ in range(CpuhpState.CPUHP_BP_PREPARE_DYN_END - CpuhpState.CPUHP_BP_PREPARE_DYN + 1):
+        hp.cpuhp_setup_state_nocalls(CpuhpState.CPUHP_BP_PREPARE_DYN, "x", None, None)
+    with pytest.raises(CpuhpStateError, match="ENOSPC"):
+        hp.cpuhp_setup_state_nocalls(CpuhpState.CPUHP_BP_PREPARE_DYN, "one too many", None, None)
+    hp.cpuhp_setup_state_nocalls(CpuhpState.CPUHP_PERF_PREPARE, "perf", None, None)
+    with pytest.raises(CpuhpStateError, match="taken by perf"):
+        hp.cpuhp_setup_state_nocalls(CpuhpState.CPUHP_PERF_PREPARE, "again", None, None)

@@ -10,6 +10,7 @@ import pytest
 
 from crash_hotplug.crash.x86_64 import prepare_elf_headers
 from crash_hotplug.elf.compare import first_difference
+from crash_hotplug.elf.prstatus import USER_REGS
 from crash_hotplug.machine.cpu import CpuNotPossibleError
 from crash_hotplug.machine.machine import GIB, Machine, MachineError, parse_crashkernel
 from crash_hotplug.machine.memory import MEM_OFFLINE, MEM_ONLINE, MemoryNotify
@@ -89,7 +90,8 @@ def test_round_trip(step: VectorStep, tmp_path: Path) -> None:
     assert snapshot_files(again) == snapshot_files(m)
     model = json.loads((first / MODEL_STATE_FILE).read_text())
     cpu = str(m.cpus.online[-1])
-    assert model["cpus"][cpu]["regs"] == list(m.cpus.cpu(int(cpu)).regs)
+    regs = model["cpus"][cpu]["regs"]
+    assert tuple(regs[name] for name in USER_REGS) == m.cpus.cpu(int(cpu)).regs
     assert again.cpus.cpu(int(cpu)).regs == m.cpus.cpu(int(cpu)).regs
 
 
@@ -189,3 +191,39 @@ def test_vectors_dir_located() -> None:
     if VECTORS is None:
         pytest.skip("../shared/vectors not found beside the repository")
     assert (VECTORS / "README.md").is_file()
+
+
+def test_from_the_bundled_example_snapshot() -> None:
+    from crash_hotplug.cli import example_root
+
+    root = example_root()
+    m = Machine.from_snapshot(root)
+    assert header(m) == prepare_elf_headers(read_kernel_state(root))[0]
+
+
+def test_refused_cpu_hot_add_is_logged() -> None:
+    m = Machine.new(kernel="6.12", possible=2, cpus=2)
+    with pytest.raises(CpuNotPossibleError):
+        m.cpu_hot_add(2)
+    assert m.log[-1].endswith("ACPI: Unable to map lapic to logical cpu number")
+
+
+def test_crash_save_vmcoreinfo() -> None:
+    from crash_hotplug.elf.notes import iter_notes
+    from crash_hotplug.elf.vmcoreinfo import parse_vmcoreinfo
+
+    m = Machine.new(kernel="6.12.43")
+    m.crash_save_vmcoreinfo(1_800_000_000)
+    (note,) = list(iter_notes(m.vmcoreinfo_note()))
+    assert note.name == "VMCOREINFO" and parse_vmcoreinfo(note.desc)["CRASHTIME"] == "1800000000"
+
+
+def test_crashkernel_high_reserves_a_low_region_too(tmp_path: Path) -> None:
+    m = Machine.new(mem_gib=8, kernel="6.12.43", crashkernel="512M,high")
+    assert m.crashk_res == (0x220000000, 0x23FFFFFFF), "top of the RAM above 4 GiB (5 GiB of the 8)"
+    assert m.crashk_low_res == (0xAF000000, 0xBEFFFFFF)
+    state = read_kernel_state(write_snapshot(m, tmp_path))
+    assert (state.crashk_res, state.crashk_low_res) == (m.crashk_res, m.crashk_low_res)
+    assert first_difference(prepare_elf_headers(state)[0], header(m)) is None
+    _, nr_ranges = prepare_elf_headers(m.kernel_state())
+    assert nr_ranges == 3, "the low 1 MiB, crashk_low and crashk_res cut out of 3 System RAM ranges"

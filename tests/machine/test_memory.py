@@ -129,3 +129,23 @@ def test_block_refusals_and_policies() -> None:
 def test_notifier_errno_round_trip() -> None:
     assert notifier_to_errno(notifier_from_errno(-16)) == -16
     assert notifier_to_errno(NOTIFY_OK) == 0
+
+
+def test_guarded_memory_writes_and_protection() -> None:
+    from crash_hotplug.machine.physmem import PhysMem, page_pattern
+    from crash_hotplug.machine.protmem import GuardedPhysMem, ProtectedMemoryWriteError
+
+    g, p = GuardedPhysMem(seed=9), PhysMem(seed=9)
+    for addr, data in ((0x1FF0, bytes(range(256)) * 40), (0x5000, b"\xaa" * 8192), (0x9FFF, b"z")):
+        g.write(addr, data)
+        p.write(addr, data)
+    assert g.read(0, 0xB000) == p.read(0, 0xB000)
+    assert g.read(0xC000, 4096) == page_pattern(0xC, 9)
+    assert g.written_ranges() == [(0x1000, 0x6FFF), (0x9000, 0x9FFF)]
+    g.protect(0x6000, 0x6FFF)
+    with pytest.raises(ProtectedMemoryWriteError) as e:
+        g.write(0x5FFF, b"ab")
+    assert e.value.range == (0x6000, 0x6FFF)
+    g.write(0x5FFF, b"a")
+    g.unprotect(0x6000, 0x6FFF)
+    g.write(0x6000, b"b")

@@ -47,7 +47,11 @@ def test_kcore_and_model_state(tmp_path: Path) -> None:
     assert len(kcore_header(m)) == 64 + 56 * 4
     model = json.loads((root / MODEL_STATE_FILE).read_text())
     assert model["memory_pattern_seed"] == 42
-    assert model["cpus"]["1"]["pid"] == m.cpus.cpu(1).pid and len(model["cpus"]["1"]["regs"]) == 27
+    assert model["cpus"]["1"]["pr_pid"] == m.cpus.cpu(1).pid and len(model["cpus"]["1"]["regs"]) == 27
+    assert model["cpus"]["1"]["regs"]["ip"] == m.cpus.cpu(1).prstatus().ip
+    notes = m.cpus.cpu(1).crash_notes
+    assert any(s <= notes and e >= notes + 367 for s, e in model["written_ranges"]), "zeroed at boot"
+    assert not any(s <= 0x50000000 <= e for s, e in model["written_ranges"])
     back = Machine.from_snapshot(root)
     assert back.seed == 42 and back.cpus.cpu(1).regs == m.cpus.cpu(1).regs
     assert back.mem.read(0x50000000, 64) == m.mem.read(0x50000000, 64)

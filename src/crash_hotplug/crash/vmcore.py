@@ -13,8 +13,9 @@ only the bytes it is asked for.
 
 from __future__ import annotations
 
+import dataclasses
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -377,6 +378,15 @@ class VmcoreFile:
     file_size: int
     prstatus: tuple[PrstatusNote, ...]
     vmcoreinfo: dict[str, str] = field(default_factory=dict)
+    #: reads file bytes (offset, size) when the vmcore is not on disk but presented from memory
+    reader: Callable[[int, int], bytes] | None = None
+
+    @classmethod
+    def from_vmcore(cls, vmcore: Vmcore, mem: MemoryReader, name: str = "/proc/vmcore") -> VmcoreFile:
+        """The vmcore as the capture kernel presents it, read on demand from the crashed machine's
+        memory instead of from a file (no multi-gigabyte copy)."""
+        vf = _decode(Path(name), vmcore.headers_and_notes(), vmcore.vmcore_size)
+        return dataclasses.replace(vf, reader=lambda pos, size: vmcore.read(mem, pos, size))
 
     @property
     def loads(self) -> list[LoadSegment]:
@@ -432,6 +442,9 @@ class VmcoreFile:
         off = seg.offset + (paddr - seg.paddr)
         if off + size > self.file_size:
             return None
+        if self.reader is not None:
+            data = self.reader(off, size)
+            return data if len(data) == size else None
         with self.path.open("rb") as f:
             f.seek(off)
             data = f.read(size)
@@ -482,6 +495,11 @@ def read_vmcore_file(path: Path) -> VmcoreFile:
             size = f.seek(0, 2)
     except OSError as e:
         raise ElfFormatError(f"cannot read: {e.strerror}", offset=0, source=source) from None
+    return _decode(path, head, size)
+
+
+def _decode(path: Path, head: bytes, size: int) -> VmcoreFile:
+    source = str(path)
     core = ElfCore.parse(head, source)
     if core.ehdr.e_machine != EM_X86_64:
         raise ElfFormatError(f"e_machine is {core.ehdr.e_machine}: only x86_64 (62) cores are read",

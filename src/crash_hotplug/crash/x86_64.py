@@ -8,6 +8,7 @@ is what ``/sys/kernel/crash_elfcorehdr_size`` prints.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 from crash_hotplug.crash.core import (
@@ -52,10 +53,18 @@ def elf_header_exclude_ranges(state: KernelState, cmem: CrashMem) -> None:
         crash_exclude_mem_range(cmem, *state.crashk_low_res, rewritten=rewritten)
 
 
-def prepare_elf_headers(state: KernelState) -> tuple[bytes, int]:
-    """(elfcorehdr buffer, number of memory ranges) as ``prepare_elf_headers`` returns them."""
+def prepare_elf_headers(state: KernelState, extra_exclusions: Sequence[tuple[int, int]] = ()) -> tuple[bytes, int]:
+    """(elfcorehdr buffer, number of memory ranges) as ``prepare_elf_headers`` returns them.
+
+    ``extra_exclusions`` is not upstream: the ``ours`` design cuts offline memory blocks out too
+    (one more spare slot per exclusion, since each may split a range).
+    """
     cmem = fill_up_crash_elf_data(state)
     elf_header_exclude_ranges(state, cmem)
+    if extra_exclusions:
+        cmem.max_nr_ranges += len(extra_exclusions)
+        for start, end in extra_exclusions:
+            crash_exclude_mem_range(cmem, start, end, rewritten=True)
     return crash_prepare_elf64_headers(state, cmem, need_kernel_map=True), cmem.nr_ranges
 
 

@@ -8,9 +8,11 @@ machine's sysfs (``kexec_crash_loaded``, ``crash_hotplug``) shows the kexec stat
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from crash_hotplug.kexec.kimage import KexecError, Kimage
 from crash_hotplug.kexec.lock import KexecLock
-from crash_hotplug.kexec.purgatory import PurgatoryDigestMismatch, verify_sha256_digest
+from crash_hotplug.kexec.purgatory import verify_sha256_digest
 from crash_hotplug.machine.machine import Machine
 
 __all__ = ["Kexec", "kimage_verify_digest"]
@@ -26,6 +28,8 @@ class Kexec:
         self.kexec_crash_image: Kimage | None = None
         #: ``kexec_in_progress``: a kexec reboot is under way
         self.kexec_in_progress = False
+        #: run by the panic path once the other CPUs are stopped, before purgatory
+        self.crash_kexec_hooks: list[Callable[[], None]] = []
         machine.kexec = self
 
     # -- crashkernel -------------------------------------------------------------------------
@@ -94,13 +98,11 @@ class Kexec:
 
 def kimage_verify_digest(image: Kimage, machine: Machine, *, raise_on_mismatch: bool = False) -> bool:
     """Run purgatory's check on ``image`` as loaded in ``machine``'s memory: the region table and
-    digest are read from the purgatory segment in memory (``verify_sha256_digest``)."""
+    digest are read from the purgatory segment in memory (``verify_sha256_digest``). False on a
+    mismatch, or :class:`~crash_hotplug.kexec.purgatory.PurgatoryDigestMismatch` with ``raise_on_mismatch``."""
     pi = image.purgatory
     if pi is None:
         raise KexecError("image has no purgatory")
     regions_sym, digest_sym = image.digest_symbols
-    try:
-        return verify_sha256_digest(machine.mem, pi.symbol_addr(regions_sym), pi.symbol_addr(digest_sym),
-                                    raise_on_mismatch=raise_on_mismatch)
-    except PurgatoryDigestMismatch:
-        raise
+    return verify_sha256_digest(machine.mem, pi.symbol_addr(regions_sym), pi.symbol_addr(digest_sym),
+                                raise_on_mismatch=raise_on_mismatch)

@@ -94,7 +94,7 @@ class KexecPayload:
     @classmethod
     def debian(cls, kernel: str = "6.12.43") -> KexecPayload:
         """Contents of the sizes the vectors' kernels loaded (``bufsz``/``memsz`` from the debug log)."""
-        sizes = {"6.12.43": (0xB707C0, 0x37EE000), "6.12": (0xB707C0, 0x37EE000), "6.1": (0x7D2200, 0x3F97000)}
+        sizes = {"6.12.43": (0xB707C0, 0x37EE000), "6.12": (0xB96200, 0x37EF000), "6.1": (0x7D2200, 0x3F97000)}
         ksize, kmem = sizes[kernel]
         return cls(_pattern(b"vmlinuz/" + kernel.encode(), ksize), kmem, _pattern(b"initrd", 0xFC01F))
 
@@ -105,6 +105,9 @@ def crash_load_segments(kx: Kexec, image: Kimage) -> None:
     buf, nr_ranges = prepare_elf_headers(m.kernel_state())
     bufsz = len(buf)
     memsz = crash_load_segments_memsz(m.config, bufsz, nr_ranges)
+    if image.elfcorehdr_slots > 1:
+        # room for two complete headers; the capture kernel is pointed at the first
+        memsz = -(-memsz // PAGE_SIZE) * PAGE_SIZE * image.elfcorehdr_slots
     image.elf_headers = buf
     image.elf_headers_sz = bufsz
     if m.config.crash_hotplug and memsz != bufsz:
@@ -194,9 +197,14 @@ def kexec_calculate_store_digests(image: Kimage, *, crash_hotplug: bool, digest_
 
 
 def kexec_file_load(kx: Kexec, payload: KexecPayload | None = None, flags: int = KEXEC_FILE_ON_CRASH, *,
-                    purgatory: bytes | None = None, digest_bug_6_6: bool = False) -> Kimage | None:
+                    purgatory: bytes | None = None, digest_bug_6_6: bool = False,
+                    elfcorehdr_in_digest: bool = False, elfcorehdr_slots: int = 1) -> Kimage | None:
     """The ``kexec_file_load`` system call. Raises :class:`KexecBusyError` when the kexec lock is
-    taken, :class:`KexecError` on bad flags or no room. Returns the loaded image (None on unload)."""
+    taken, :class:`KexecError` on bad flags or no room. Returns the loaded image (None on unload).
+
+    ``elfcorehdr_in_digest`` digests the elfcorehdr even with ``CONFIG_CRASH_HOTPLUG``, as the RFC v1
+    design did (its handler re-digests after every rewrite). ``elfcorehdr_slots=2`` reserves room
+    for two headers (the ``ours`` design's double buffer)."""
     if flags & ~KEXEC_FILE_FLAGS:
         raise KexecError(f"unknown kexec_file_load flags {flags & ~KEXEC_FILE_FLAGS:#x}")
     crash = bool(flags & KEXEC_FILE_ON_CRASH)
@@ -215,11 +223,12 @@ def kexec_file_load(kx: Kexec, payload: KexecPayload | None = None, flags: int =
             raise KexecError("only crash images (KEXEC_FILE_ON_CRASH) are modelled")
         if payload is None:
             raise KexecError("kexec_file_load needs a kernel")
-        image = Kimage(type=KEXEC_TYPE_CRASH, file_mode=True, digest_symbols=KERNEL_SYMBOLS, flags=flags)
+        image = Kimage(type=KEXEC_TYPE_CRASH, file_mode=True, digest_symbols=KERNEL_SYMBOLS, flags=flags,
+                       elfcorehdr_slots=elfcorehdr_slots)
         if kx.machine.config.crash_hotplug:
             image.hotplug_support = True
         bzimage64_load(kx, image, payload, build_purgatory() if purgatory is None else purgatory)
-        kexec_calculate_store_digests(image, crash_hotplug=kx.machine.config.crash_hotplug,
+        kexec_calculate_store_digests(image, crash_hotplug=kx.machine.config.crash_hotplug and not elfcorehdr_in_digest,
                                       digest_bug_6_6=digest_bug_6_6)
         pi = image.purgatory
         assert pi is not None

@@ -12,8 +12,10 @@ purgatory digest (symbols ``sha256_regions``/``sha256_digest``) covers every seg
 purgatory and, with ``--hotplug``, the elfcorehdr; ``--hotplug`` also passes
 ``KEXEC_UPDATE_ELFCOREHDR`` so the kernel sets ``hotplug_support``.
 
-Segment placement in userspace (``locate_hole``) is modelled as first fit from the bottom of the
-crashkernel region in load order; no vector records a ``kexec_load`` placement to check it against.
+Userspace places the segments (``add_buffer`` -> ``locate_hole`` with ``hole_end = -1``: as high
+as possible in the crashkernel region) in the order ``do_bzImage64_load`` adds them: backup,
+elfcorehdr, purgatory, setup data with the command line, kernel, initrd. No vector records a
+``kexec_load`` placement to check the addresses against.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ from crash_hotplug.kexec.purgatory import (
     sha256_segments,
 )
 from crash_hotplug.kexec.segments import kimage_load_segment
+from crash_hotplug.machine.kernel import KernelVersion
 from crash_hotplug.machine.machine import Machine
 from crash_hotplug.machine.physmem import PAGE_SIZE
 from crash_hotplug.machine.resource import walk_system_ram_res
@@ -66,6 +69,8 @@ KEXEC_TOOLS_ELF_CORE_HEADER_ALIGN: Final = 1024
 #: x86 kexec-tools pads a small elfcorehdr segment to 16 KiB
 MIN_ELFCOREHDR_MEMSZ: Final = 16 * 1024
 BACKUP_SRC_END: Final = 0xA0000
+#: first release that knows the generic ``KEXEC_CRASH_HOTPLUG_SUPPORT`` flag
+GENERIC_HOTPLUG_FLAG: Final = KernelVersion(6, 10)
 _RWX: Final = PF_R | PF_W | PF_X
 
 
@@ -133,22 +138,39 @@ class KexecToolsLoad:
 
 
 class _Placer:
-    """First fit in the crashkernel region, page aligned, in load order."""
+    """kexec-tools ``add_buffer`` / ``locate_hole`` with ``hole_end = -1``: the highest aligned hole
+    among the crashkernel region's free ranges (the region minus the segments placed so far)."""
 
     def __init__(self, window: tuple[int, int]) -> None:
         self.window = window
         self.used: list[tuple[int, int]] = []
 
-    def place(self, memsz: int, align: int) -> int:
+    def _free(self) -> list[tuple[int, int]]:
+        out: list[tuple[int, int]] = []
+        start = self.window[0]
+        for s, e in sorted(self.used):
+            if start < s:
+                out.append((start, s - 1))
+            start = max(start, e + 1)
+        if start < self.window[1]:
+            out.append((start, self.window[1]))
+        return out
+
+    def place(self, memsz: int, align: int, hole_min: int = 0) -> int:
         memsz = _align(memsz, PAGE_SIZE)
-        addr = _align(self.window[0], max(align, PAGE_SIZE))
-        while addr + memsz - 1 <= self.window[1]:
-            clash = next((u for u in self.used if not (addr + memsz - 1 < u[0] or addr > u[1])), None)
-            if clash is None:
-                self.used.append((addr, addr + memsz - 1))
-                return addr
-            addr = _align(clash[1] + 1, max(align, PAGE_SIZE))
-        raise KexecError(f"kexec-tools: no hole of {memsz:#x} bytes in the crashkernel region", 99)
+        align = max(align, PAGE_SIZE)
+        base: int | None = None
+        for start, end in self._free():
+            start = _align(max(start, hole_min), align)
+            if start >= end or end - start < memsz - 1:
+                continue
+            cand = (end - memsz + 1) // align * align
+            if cand >= start:
+                base = cand
+        if base is None:
+            raise KexecError(f"kexec-tools: could not find a free area of memory of {memsz:#x} bytes", 99)
+        self.used.append((base, base + memsz - 1))
+        return base
 
 
 def _userspace_prepare(m: Machine, payload: KexecPayload, hotplug: bool, purgatory: bytes) -> KexecToolsLoad:
@@ -158,9 +180,9 @@ def _userspace_prepare(m: Machine, payload: KexecPayload, hotplug: bool, purgato
     placer = _Placer(m.crashk_res)
     segs: list[KexecSegment] = []
 
-    def add(buf: bytes, memsz: int, align: int, name: str) -> KexecSegment:
+    def add(buf: bytes, memsz: int, align: int, name: str, hole_min: int = 0) -> KexecSegment:
         memsz = _align(max(memsz, len(buf)), PAGE_SIZE)
-        seg = KexecSegment(buf, len(buf), placer.place(memsz, align), memsz, name)
+        seg = KexecSegment(buf, len(buf), placer.place(memsz, align, hole_min), memsz, name)
         segs.append(seg)
         return seg
 
@@ -180,12 +202,12 @@ def _userspace_prepare(m: Machine, payload: KexecPayload, hotplug: bool, purgato
         memsz = max(len(hdr), MIN_ELFCOREHDR_MEMSZ)
     elfhdr = add(hdr, memsz, KEXEC_TOOLS_ELF_CORE_HEADER_ALIGN, "elfcorehdr")
     pi = PurgatoryInfo.setup_kbuf(PurgatoryObject.parse(purgatory))
-    pseg = add(bytes(pi.bufsz), pi.memsz, pi.buf_align, "purgatory")
+    pseg = add(bytes(pi.bufsz), pi.memsz, pi.buf_align, "purgatory", 0x3000)
     entry = pi.setup_sechdrs(pseg.mem)
     purgatory_index = len(segs) - 1
     cmdline = f"{payload.cmdline} elfcorehdr={elfhdr.mem // 1024}K"
-    add(boot_params_buffer(cmdline), BOOT_PARAMS_BUFSZ, 16, "boot_params")
-    add(payload.kernel, payload.kernel_memsz, payload.kernel_alignment, "kernel")
+    add(boot_params_buffer(cmdline), BOOT_PARAMS_BUFSZ, 16, "boot_params", 0x3000)
+    add(payload.kernel, payload.kernel_memsz, payload.kernel_alignment, "kernel", 0x100000)
     if payload.initrd:
         add(payload.initrd, len(payload.initrd), PAGE_SIZE, "initrd")
     # update_purgatory: digest all but the purgatory (and the elfcorehdr with --hotplug)
@@ -202,13 +224,17 @@ def _userspace_prepare(m: Machine, payload: KexecPayload, hotplug: bool, purgato
 def kexec_load(kx: Kexec, entry: int, segments: list[KexecSegment], flags: int) -> Kimage | None:
     """The ``kexec_load`` system call for a crash image (no segments: unload).
 
-    Refuses unknown flags (``KEXEC_UPDATE_ELFCOREHDR`` and ``KEXEC_CRASH_HOTPLUG_SUPPORT`` are known
-    only with ``CONFIG_CRASH_HOTPLUG``), more than 16 segments, unaligned, overlapping or
-    out-of-crashkernel segments; ``KexecBusyError`` when the kexec lock is taken.
+    Refuses unknown flags (``KEXEC_UPDATE_ELFCOREHDR`` is known only with ``CONFIG_CRASH_HOTPLUG``,
+    ``KEXEC_CRASH_HOTPLUG_SUPPORT`` only from 6.10, which is why kexec-tools passes 0x4 on x86),
+    more than 16 segments, unaligned, overlapping or out-of-crashkernel segments;
+    ``KexecBusyError`` when the kexec lock is taken.
     """
     known = KEXEC_ON_CRASH | KEXEC_PRESERVE_CONTEXT
-    if kx.machine.config.crash_hotplug:
-        known |= KEXEC_UPDATE_ELFCOREHDR | KEXEC_CRASH_HOTPLUG_SUPPORT
+    config = kx.machine.config
+    if config.crash_hotplug:
+        known |= KEXEC_UPDATE_ELFCOREHDR
+        if config.version >= GENERIC_HOTPLUG_FLAG:
+            known |= KEXEC_CRASH_HOTPLUG_SUPPORT
     if flags & ~(known | KEXEC_ARCH_MASK):
         raise KexecError(f"kexec_load: unknown flags {flags & ~(known | KEXEC_ARCH_MASK):#x}")
     if len(segments) > KEXEC_SEGMENT_MAX:

@@ -16,6 +16,7 @@ __all__ = [
     "KEXEC_CRASH_HOTPLUG_SUPPORT",
     "KEXEC_CRASH_HP_ADD_CPU",
     "KEXEC_CRASH_HP_ADD_MEMORY",
+    "KEXEC_CRASH_HP_INVALID_CPU",
     "KEXEC_CRASH_HP_NONE",
     "KEXEC_CRASH_HP_REMOVE_CPU",
     "KEXEC_CRASH_HP_REMOVE_MEMORY",
@@ -57,6 +58,8 @@ KEXEC_CRASH_HP_ADD_CPU: Final = 1
 KEXEC_CRASH_HP_REMOVE_CPU: Final = 2
 KEXEC_CRASH_HP_ADD_MEMORY: Final = 3
 KEXEC_CRASH_HP_REMOVE_MEMORY: Final = 4
+#: the ``cpu`` argument of a memory event
+KEXEC_CRASH_HP_INVALID_CPU: Final = 0xFFFFFFFF
 
 
 class KexecError(CrashHotplugError):
@@ -111,6 +114,10 @@ class Kimage:
     #: names of the (regions, digest) symbols the purgatory uses
     digest_symbols: tuple[str, str] = ("purgatory_sha_regions", "purgatory_sha256_digest")
     flags: int = 0
+    #: complete headers the elfcorehdr segment has room for (2: the ``ours`` double buffer)
+    elfcorehdr_slots: int = 1
+    #: which slot holds the header to dump (0: the one ``elfcorehdr=`` points at)
+    elfcorehdr_active: int = 0
 
     @property
     def nr_segments(self) -> int:

@@ -7,6 +7,7 @@ handler all take it with a try, and whoever finds it taken gives up (``-EBUSY``,
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 from crash_hotplug.errors import CrashHotplugError
 
@@ -30,6 +31,8 @@ class KexecLock:
         self._guard = threading.Lock()
         self._held = False
         self.failed_trylocks = 0
+        #: called after every unlock (the ``ours`` design replays deferred events there)
+        self.on_unlock: list[Callable[[], None]] = []
 
     def trylock(self) -> bool:
         """``kexec_trylock``: ``atomic_cmpxchg_acquire(&__kexec_lock, 0, 1) == 0``."""
@@ -46,7 +49,15 @@ class KexecLock:
             if not self._held:
                 raise RuntimeError("kexec_unlock of a lock that is not held")
             self._held = False
+        for fn in list(self.on_unlock):
+            fn()
 
     @property
     def locked(self) -> bool:
         return self._held
+
+    def __deepcopy__(self, memo: dict[int, object]) -> KexecLock:
+        twin = KexecLock()
+        twin._held = self._held
+        twin.failed_trylocks = self.failed_trylocks
+        return twin

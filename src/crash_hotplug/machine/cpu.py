@@ -37,6 +37,7 @@ __all__ = [
     "CpuState",
     "CpuhpCallbackError",
     "CpuhpState",
+    "CpuhpStateError",
     "CpuhpStep",
     "task_pid",
     "user_regs",
@@ -114,6 +115,15 @@ class CpuNotHotpluggableError(CpuHotplugError):
     """``-EPERM``: the CPU cannot be offlined (the boot CPU on x86 has no ``cpu0/online``)."""
 
     errno = EPERM
+
+
+class CpuhpStateError(CrashHotplugError):
+    """``cpuhp_setup_state_nocalls`` refused: the state is taken, or no dynamic slot is free (``-ENOSPC``)."""
+
+    def __init__(self, state: int, name: str, what: str) -> None:
+        self.state = state
+        self.name = name
+        super().__init__(f"cpuhp state {state} ({name}): {what}")
 
 
 class CpuhpCallbackError(CpuHotplugError):
@@ -264,11 +274,11 @@ class CpuHotplug:
             lo, hi = _DYN_RANGES[CpuhpState(state)]
             slot = next((s for s in range(lo, hi + 1) if s not in self.steps), None)
             if slot is None:
-                raise CpuHotplugError(-1, f"no free dynamic cpuhp state for {name} (-ENOSPC)")
+                raise CpuhpStateError(state, name, "no free dynamic state (-ENOSPC)")
             self.steps[slot] = CpuhpStep(name, startup, teardown)
             return slot
         if state in self.steps:
-            raise CpuHotplugError(-1, f"cpuhp state {state} already taken by {self.steps[state].name}")
+            raise CpuhpStateError(state, name, f"already taken by {self.steps[state].name}")
         self.steps[state] = CpuhpStep(name, startup, teardown)
         return 0
 

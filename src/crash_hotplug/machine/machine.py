@@ -22,21 +22,25 @@ from typing import Any, Final, Protocol
 from crash_hotplug.elf.prstatus import CRASH_CORE_NOTE_BYTES
 from crash_hotplug.elf.vmcoreinfo import VMCOREINFO_NOTE_SIZE, build_vmcoreinfo_note
 from crash_hotplug.errors import CrashHotplugError, SnapshotError
-from crash_hotplug.machine.cpu import CpuHotplug, CpuhpCallback
+from crash_hotplug.machine.clock import Clock
+from crash_hotplug.machine.cpu import CpuHotplug, CpuhpCallback, CpuNotPossibleError
 from crash_hotplug.machine.kernel import PAGE_OFFSET_L4, KernelConfig, KernelState, KernelVersion
 from crash_hotplug.machine.memory import (
+    MEM_OFFLINE,
+    MEM_ONLINE,
     MEMORY_BLOCK_SIZE,
     Dimm,
     MemoryBlock,
     MemoryHotplug,
     MemoryNotify,
 )
-from crash_hotplug.machine.notifier import NotifierBlock
+from crash_hotplug.machine.notifier import NOTIFY_OK, NotifierBlock
 from crash_hotplug.machine.percpu import PcpuAllocInfo, parse_pcpu_alloc, place_per_cpu
-from crash_hotplug.machine.physmem import MODEL_STATE_FILE
+from crash_hotplug.machine.physmem import MODEL_STATE_FILE, PAGE_SIZE
 from crash_hotplug.machine.profiles import KernelProfile, profile_for
 from crash_hotplug.machine.protmem import GuardedPhysMem
 from crash_hotplug.machine.resource import CRASH_KERNEL, SYSTEM_RAM, Resource, walk_system_ram_res
+from crash_hotplug.machine.uevent import Uevent, UeventBus
 from crash_hotplug.snapshot.reader import CPU_DIR, DMESG, MEM_DIR, read_kernel_state
 from crash_hotplug.snapshot.root import FsRoot
 
@@ -49,11 +53,14 @@ __all__ = [
     "parse_crashkernel",
 ]
 
+#: below every other memory notifier (``INT_MIN``)
+_UEVENT_PRIORITY: Final = -(1 << 31)
 MIB: Final = 1 << 20
 GIB: Final = 1 << 30
 #: x86 ``CRASH_ALIGN`` (16 MiB) and the 4 GiB limit of a plain ``crashkernel=X``
 CRASH_ALIGN: Final = 16 * MIB
 CRASH_ADDR_LOW_MAX: Final = 4 * GIB
+CRASH_LOW_SIZE: Final = 256 * MIB
 #: bytes QEMU ``pc`` keeps at the top of low RAM for firmware tables (e820 reserved)
 QEMU_LOWMEM_RESERVED: Final = 0x21000
 
@@ -127,8 +134,26 @@ class Machine:
     #: kernel log lines, busybox ``dmesg`` style
     log: list[str] = field(default_factory=list)
     kexec: KexecStatus | None = None
-    _clock_us: int = 0
-    _dimm_seq: int = 1
+    clock: Clock = field(default_factory=Clock)
+    uevents: UeventBus = field(default_factory=UeventBus)
+    #: the CPU that panicked, once the panic path has run
+    panic_cpu: int | None = None
+    _clock_us: int = field(default=0, init=False, repr=False)
+    _dimm_seq: int = field(default=1, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # memory blocks send their uevent after the whole notifier chain ran: lowest priority
+        self.memory.register_memory_notifier(self._memory_uevent, _UEVENT_PRIORITY, "memory uevent")
+
+    def _memory_uevent(self, action: int, arg: MemoryNotify) -> int:
+        if action in (MEM_ONLINE, MEM_OFFLINE):
+            block = arg.start_pfn * PAGE_SIZE // self.memory.block_size
+            self.uevent("online" if action == MEM_ONLINE else "offline", "memory", f"memory{block}")
+        return NOTIFY_OK
+
+    def uevent(self, action: str, subsystem: str, kernel: str) -> None:
+        """``kobject_uevent``: tell udev (and anyone else listening)."""
+        self.uevents.send(Uevent(action, subsystem, kernel, self.clock.now))
 
     # -- views -------------------------------------------------------------------------------
     @property
@@ -172,12 +197,17 @@ class Machine:
         """Inclusive ``System RAM`` ranges (``walk_system_ram_res``)."""
         return list(walk_system_ram_res(self.iomem))
 
+    @property
+    def clock_us(self) -> int:
+        """The machine's clock (microseconds since boot), as its log stamps it."""
+        return self._clock_us
+
     def dmesg(self) -> str:
         return "".join(line + "\n" for line in self.log)
 
     def printk(self, msg: str, *, advance_us: int = 100) -> None:
-        """Append a kernel log line stamped with the machine's clock."""
-        self._clock_us += advance_us
+        """Append a kernel log line stamped with the machine's clock (never behind :attr:`clock`)."""
+        self._clock_us = max(self._clock_us + advance_us, int(self.clock.now * 1e6))
         s, us = divmod(self._clock_us, 1_000_000)
         self.log.append(f"[{s:5d}.{us:06d}] {msg}")
 
@@ -200,6 +230,12 @@ class Machine:
         note = build_vmcoreinfo_note(self.vmcoreinfo_items)
         self.mem.write(self.vmcoreinfo_paddr, note.ljust(VMCOREINFO_NOTE_SIZE, b"\0"))
 
+    def crash_save_vmcoreinfo(self, crashtime: int) -> None:
+        """``crash_save_vmcoreinfo`` at panic: the note gains ``CRASHTIME=<seconds>`` and is rewritten."""
+        self.vmcoreinfo_items["CRASHTIME"] = str(crashtime)
+        note = build_vmcoreinfo_note(self.vmcoreinfo_items)
+        self.mem.write(self.vmcoreinfo_paddr, note.ljust(VMCOREINFO_NOTE_SIZE, b"\0"))
+
     def vmcoreinfo_note(self) -> bytes:
         """The VMCOREINFO note bytes (``vmcoreinfo_size`` of them) as they are in memory now."""
         return self.mem.read(self.vmcoreinfo_paddr, self.vmcoreinfo_size)
@@ -212,8 +248,13 @@ class Machine:
 
     def cpu_hot_add(self, cpu: int) -> None:
         """ACPI vCPU hot-add (QMP ``device_add``): the CPU becomes present, still offline."""
-        self.cpus.cpu_hot_add(cpu)
+        try:
+            self.cpus.cpu_hot_add(cpu)
+        except CpuNotPossibleError:
+            self.printk("ACPI: Unable to map lapic to logical cpu number")
+            raise
         self.printk(f"ACPI: CPU{cpu} has been hot-added")
+        self.uevent("add", "cpu", f"cpu{cpu}")
 
     def cpu_online(self, cpu: int) -> None:
         """``echo 1 > cpuN/online``"""
@@ -221,6 +262,7 @@ class Machine:
         self.cpus.cpu_up(cpu)
         if not was:
             self.printk(f"smpboot: Booting Node 0 Processor {cpu} APIC {cpu:#x}")
+            self.uevent("online", "cpu", f"cpu{cpu}")
 
     def cpu_offline(self, cpu: int) -> None:
         """``echo 0 > cpuN/online``"""
@@ -228,11 +270,19 @@ class Machine:
         self.cpus.cpu_down(cpu)
         if was:
             self.printk(f"smpboot: CPU {cpu} is now offline")
+            self.uevent("offline", "cpu", f"cpu{cpu}")
 
     def cpu_hot_remove(self, cpu: int) -> None:
         """ACPI vCPU eject of an offline CPU: it leaves ``cpu_present_mask``; its ``crash_notes``
         buffer stays (per-CPU memory of possible CPUs is never freed)."""
         self.cpus.cpu_hot_remove(cpu)
+        self.uevent("remove", "cpu", f"cpu{cpu}")
+
+    def cpu_eject(self, cpu: int) -> None:
+        """QMP ``device_del`` of a vCPU: ACPI offlines it first (``acpi_scan_try_to_offline``), then
+        removes it; refused for the boot CPU and the last online CPU."""
+        self.cpu_offline(cpu)
+        self.cpu_hot_remove(cpu)
 
     # -- memory hotplug ----------------------------------------------------------------------
     def register_memory_notifier(self, call: Callable[[int, MemoryNotify], int], priority: int = 0,
@@ -310,18 +360,22 @@ class Machine:
         mem = GuardedPhysMem(seed)
         memory = MemoryHotplug(iomem, mem, block_size, auto_online_blocks)
         crashk: tuple[int, int] | None = None
+        crashk_low: tuple[int, int] | None = None
         log_lines: list[str] = []
         if crashkernel:
-            crashk = _reserve_crashkernel(iomem, crashkernel, prof, low_end)
+            crashk, crashk_low = _reserve_crashkernel(iomem, crashkernel, prof)
             size = crashk[1] - crashk[0] + 1
             if version >= KernelVersion(6, 7):
                 log_lines.append(f"crashkernel reserved: {crashk[0]:#018x} - {crashk[1] + 1:#018x} ({size >> 20} MB)")
             else:
                 log_lines.append(f"Reserving {size >> 20}MB of memory at {crashk[0] >> 20}MB for crashkernel "
                                  f"(System RAM: {(ram - 1) >> 20}MB)")
-            _insert_crash_kernel(iomem, crashk)
+            for region in (crashk_low, crashk):
+                if region is not None:
+                    iomem.insert(Resource(region[0], region[1], CRASH_KERNEL))
         ram_top = low_end + 1
-        cpu0_notes = prof.crash_notes_cpu0.resolve(crashk[0] if crashk else None, ram_top)
+        anchor = crashk_low[0] if crashk_low else crashk[0] if crashk else None
+        cpu0_notes = prof.crash_notes_cpu0.resolve(anchor, ram_top)
         s, r, d, u, atom, pages = prof.pcpu
         notes = {c: cpu0_notes + c * u for c in range(possible)}
         hp = CpuHotplug.boot(range(possible), range(cpus), range(cpus), notes, nr_cpus=prof.nr_cpus)
@@ -336,8 +390,9 @@ class Machine:
         m = cls(
             config=config, release=prof.release, banner=prof.banner, cmdline=cmdline, cpus=hp, memory=memory,
             mem=mem, text_vaddr=prof.text_vaddr, text_paddr=prof.text_paddr, etext_size=prof.etext,
-            text_size=prof.end, vmcoreinfo_paddr=prof.vmcoreinfo.resolve(crashk[0] if crashk else None, ram_top),
-            vmcoreinfo_size=VMCOREINFO_NOTE_SIZE, crashk_res=crashk, pcpu=parse_pcpu_alloc("\n".join(pcpu_lines)),
+            text_size=prof.end, vmcoreinfo_paddr=prof.vmcoreinfo.resolve(anchor, ram_top),
+            vmcoreinfo_size=VMCOREINFO_NOTE_SIZE, crashk_res=crashk, crashk_low_res=crashk_low,
+            pcpu=parse_pcpu_alloc("\n".join(pcpu_lines)),
             dimm_base=dimm_base, dimm_limit=dimm_limit, dimm_slots=slots, profile=prof.key,
         )
         m.printk(prof.banner)
@@ -413,6 +468,7 @@ class Machine:
             profile=model.get("kernel_profile"),
             vmcoreinfo_items={str(k): str(v) for k, v in model.get("vmcoreinfo", {}).items()},
             log=dmesg.splitlines(),
+            panic_cpu=model.get("panic_cpu"),
         )
         m._clock_us = _last_stamp_us(m.log)
         m._init_memory_contents()
@@ -457,26 +513,37 @@ def _qemu_pc_iomem(prof: KernelProfile, low_end: int, below: int, above: int, pc
     return root
 
 
-def _reserve_crashkernel(iomem: Resource, spec: str, prof: KernelProfile, low_end: int) -> tuple[int, int]:
-    """``reserve_crashkernel`` on x86: a fixed base, or the highest ``CRASH_ALIGN``-aligned free
-    range below 4 GiB (memblock allocates top-down), or above 4 GiB for ``,high``."""
+def _highest_slot(iomem: Resource, size: int, lo: int, hi: int, floor: int) -> int | None:
+    """Top of the highest System RAM range in ``[lo, hi)`` with a ``CRASH_ALIGN``-aligned hole of ``size``."""
+    for start, end in sorted(walk_system_ram_res(iomem), key=lambda r: r[1], reverse=True):
+        top = min(end + 1, hi)
+        cand = (top - size) // CRASH_ALIGN * CRASH_ALIGN
+        if top > lo and cand >= max(start, lo, floor):
+            return cand
+    return None
+
+
+Range = tuple[int, int]
+
+
+def _reserve_crashkernel(iomem: Resource, spec: str, prof: KernelProfile) -> tuple[Range, Range | None]:
+    """``reserve_crashkernel`` on x86: (crashk_res, crashk_low_res). A fixed base; or the highest
+    ``CRASH_ALIGN``-aligned free range below 4 GiB (memblock allocates top-down); or, for ``,high``,
+    above 4 GiB plus a 256 MiB ``crashk_low_res`` below 4 GiB (``DEFAULT_CRASH_KERNEL_LOW_SIZE``)."""
     size, base, high = parse_crashkernel(spec)
     if base is not None:
-        return base, base + size - 1
-    image_end = max(e for _, _, e in prof.image)
-    ram = list(walk_system_ram_res(iomem))
-    for start, end in sorted(ram, key=lambda r: r[1], reverse=True):
-        if not high and start >= CRASH_ADDR_LOW_MAX:
-            continue
-        top = end + 1 if high else min(end + 1, CRASH_ADDR_LOW_MAX)
-        cand = (top - size) // CRASH_ALIGN * CRASH_ALIGN
-        if cand >= max(start, image_end + 1):
-            return cand, cand + size - 1
+        return (base, base + size - 1), None
+    floor = max(e for _, _, e in prof.image) + 1
+    if high:
+        cand = _highest_slot(iomem, size, CRASH_ADDR_LOW_MAX, 1 << 64, floor)
+        low = _highest_slot(iomem, CRASH_LOW_SIZE, 0, CRASH_ADDR_LOW_MAX, floor)
+        if cand is not None and low is not None:
+            return (cand, cand + size - 1), (low, low + CRASH_LOW_SIZE - 1)
+    else:
+        cand = _highest_slot(iomem, size, 0, CRASH_ADDR_LOW_MAX, floor)
+        if cand is not None:
+            return (cand, cand + size - 1), None
     raise MachineError(f"crashkernel={spec}: no {size >> 20} MiB {CRASH_ALIGN >> 20} MiB-aligned free range")
-
-
-def _insert_crash_kernel(iomem: Resource, crashk: tuple[int, int]) -> None:
-    iomem.insert(Resource(crashk[0], crashk[1], CRASH_KERNEL))
 
 
 def _zone_of_boot_block(start: int) -> str:

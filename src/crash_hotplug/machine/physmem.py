@@ -39,6 +39,8 @@ class PhysMem:
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
         self._pages: dict[int, bytearray] = {}
+        #: how many writes were made (cheap change detection for observers)
+        self.writes = 0
 
     def _page(self, pfn: int) -> bytearray:
         page = self._pages.get(pfn)
@@ -60,6 +62,7 @@ class PhysMem:
         return bytes(out)
 
     def write(self, paddr: int, data: bytes) -> None:
+        self.writes += 1
         pos, i = paddr, 0
         while i < len(data):
             pfn, off = divmod(pos, PAGE_SIZE)
@@ -80,3 +83,14 @@ class PhysMem:
     @property
     def written_pages(self) -> int:
         return len(self._pages)
+
+    def written_ranges(self) -> list[tuple[int, int]]:
+        """Inclusive byte ranges of the pages that were written (and so may differ from the pattern)."""
+        out: list[tuple[int, int]] = []
+        for pfn in sorted(self._pages):
+            start = pfn * PAGE_SIZE
+            if out and out[-1][1] + 1 == start:
+                out[-1] = (out[-1][0], start + PAGE_SIZE - 1)
+            else:
+                out.append((start, start + PAGE_SIZE - 1))
+        return out

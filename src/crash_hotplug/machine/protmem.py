@@ -8,7 +8,7 @@ unprotects around its own writes.
 from __future__ import annotations
 
 from crash_hotplug.errors import CrashHotplugError
-from crash_hotplug.machine.physmem import PhysMem
+from crash_hotplug.machine.physmem import PAGE_SIZE, PhysMem
 
 __all__ = ["GuardedPhysMem", "ProtectedMemoryWriteError"]
 
@@ -47,8 +47,20 @@ class GuardedPhysMem(PhysMem):
         return any(not (paddr + size - 1 < s or paddr > e) for s, e in self._ro)
 
     def write(self, paddr: int, data: bytes) -> None:
-        if data:
-            for rng in self._ro:
-                if not (paddr + len(data) - 1 < rng[0] or paddr > rng[1]):
-                    raise ProtectedMemoryWriteError(paddr, len(data), rng)
-        super().write(paddr, data)
+        if not data:
+            return
+        for rng in self._ro:
+            if not (paddr + len(data) - 1 < rng[0] or paddr > rng[1]):
+                raise ProtectedMemoryWriteError(paddr, len(data), rng)
+        self.writes += 1
+        # whole pages are stored as they are (no need to start from the pattern)
+        head = min(len(data), -paddr % PAGE_SIZE)
+        if head:
+            super().write(paddr, data[:head])
+        pos = head
+        view = memoryview(data)
+        while len(data) - pos >= PAGE_SIZE:
+            self._pages[(paddr + pos) // PAGE_SIZE] = bytearray(view[pos : pos + PAGE_SIZE])
+            pos += PAGE_SIZE
+        if pos < len(data):
+            super().write(paddr + pos, data[pos:])

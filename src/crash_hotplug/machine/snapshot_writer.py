@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from crash_hotplug.elf.constants import PF_R, PF_W, PF_X, PT_LOAD, PT_NOTE
+from crash_hotplug.elf.prstatus import USER_REGS
 from crash_hotplug.elf.structs import EHDR, PHDR, Elf64_Ehdr
 from crash_hotplug.machine.cpumask import cpulist_format
 from crash_hotplug.machine.machine import Machine
@@ -53,9 +54,14 @@ def kcore_header(m: Machine) -> bytes:
 
 
 def model_state(m: Machine) -> dict[str, Any]:
-    """The JSON of :data:`MODEL_STATE_FILE`."""
+    """The JSON of :data:`MODEL_STATE_FILE`: ``memory_pattern_seed``, ``written_ranges`` (inclusive
+    byte ranges of written pages; every other page holds ``page_pattern(pfn, seed)``), ``panic_cpu``,
+    and per present CPU ``pr_pid`` and ``regs`` (by ``user_regs_struct`` name), plus what the model
+    needs to rebuild itself (DIMMs, ``crash_notes`` of every possible CPU, counters)."""
     return {
         "memory_pattern_seed": m.seed,
+        "written_ranges": [[s, e] for s, e in m.mem.written_ranges()],
+        "panic_cpu": m.panic_cpu,
         "kernel_profile": m.profile,
         "dimm_base": m.dimm_base,
         "dimm_limit": m.dimm_limit,
@@ -66,9 +72,9 @@ def model_state(m: Machine) -> dict[str, Any]:
         "crash_notes_size": m.crash_notes_size,
         "vmcoreinfo": m.vmcoreinfo_items,
         "cpus": {
-            str(c): {"counter": s.counter, "pid": s.pid, "pid_override": s.pid_override,
-                     "online": s.online, "regs": list(s.regs)}
-            for c, s in m.cpus.cpus.items()
+            str(c): {"pr_pid": s.pid, "regs": dict(zip(USER_REGS, s.regs, strict=True)), "online": s.online,
+                     "counter": s.counter, "pid_override": s.pid_override}
+            for c, s in m.cpus.cpus.items() if s.present
         },
     }
 

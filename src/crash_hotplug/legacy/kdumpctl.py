@@ -1,0 +1,149 @@
+"""The userspace reload path: ``kdumpctl reload`` and the kdump-utils udev throttler.
+
+``kdumpctl reload`` unloads the crash image (``kexec -s -p -u``) and loads it again (``kexec -s -p``):
+every segment rebuilt and re-digested, and between the two no crash image is loaded -- a panic
+there is not dumped. Reloads are serialised by kdumpctl's lock. ``kdump-udev-throttler`` coalesces
+a burst: the first instance takes a non-blocking lock, sleeps 1 s, waits for udev to settle (at
+most 3 s), drops its lock and runs one reload; instances that find the lock taken exit.
+
+Time comes from the machine's :class:`~crash_hotplug.machine.clock.Clock`: with the default zero
+costs a reload happens at once; under a simulator's costs the unload and the load take their
+measured time, holding the kexec lock meanwhile.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from crash_hotplug.kexec.kexec_core import Kexec
+from crash_hotplug.kexec.kexec_file import KexecPayload, kexec_file_load, kexec_file_unload
+from crash_hotplug.kexec.kexec_load import kexec_load_unload, kexec_tools_load
+from crash_hotplug.kexec.kimage import Kimage
+from crash_hotplug.machine.clock import Clock
+
+__all__ = ["KdumpService", "Throttler"]
+
+#: seconds the throttler sleeps, and the longest it lets ``udevadm settle`` wait
+THROTTLE_SLEEP = 1.0
+SETTLE_TIMEOUT = 3.0
+
+
+@dataclass
+class KdumpService:
+    """``kdump.service`` and ``kdumpctl``: load, unload, and serialised reloads."""
+
+    kexec: Kexec
+    syscall: str = "kexec_file_load"
+    #: kexec-tools ``--hotplug`` (kexec_load only)
+    hotplug: bool = False
+    payload: KexecPayload = field(default_factory=KexecPayload.synthetic)
+    #: called between the unload and the load (a panic may strike there)
+    on_step: Callable[[str], None] | None = None
+    image: Kimage | None = None
+    reloads: int = 0
+    #: (start, end) of each interval with no crash image loaded
+    unloaded: list[tuple[float, float]] = field(default_factory=list)
+    #: (start, end) of each interval a kexec syscall of a reload held the kexec lock
+    lock_windows: list[tuple[float, float]] = field(default_factory=list)
+    _busy: bool = False
+    _waiting: deque[Callable[[], None]] = field(default_factory=deque)
+
+    @property
+    def _clock(self) -> Clock:
+        return self.kexec.machine.clock
+
+    def start(self) -> Kimage:
+        """``kdumpctl start``: load the crash image now."""
+        image = (kexec_file_load(self.kexec, self.payload) if self.syscall == "kexec_file_load"
+                 else kexec_tools_load(self.kexec, self.payload, hotplug=self.hotplug))
+        assert image is not None
+        self.image = image
+        return image
+
+    def stop(self) -> None:
+        """``kdumpctl stop``: unload the crash image."""
+        if self.syscall == "kexec_file_load":
+            kexec_file_unload(self.kexec)
+        else:
+            kexec_load_unload(self.kexec)
+        self.image = None
+
+    def reload(self, done: Callable[[], None] | None = None) -> None:
+        """``kdumpctl reload``; waits for a reload in progress first (kdumpctl's lock)."""
+        if self._busy:
+            self._waiting.append(lambda: self.reload(done))
+            return
+        self._busy = True
+        clock = self._clock
+        unload_s = clock.cost("kexec_unload")
+        load_s = clock.cost(f"{self.syscall}")
+
+        def unload() -> None:
+            self.stop()
+            gone = clock.now
+            if self.on_step is not None:
+                self.on_step("unloaded")
+
+            def load() -> None:
+                self.start()
+                self.unloaded.append((gone, clock.now))
+                self.reloads += 1
+                self._busy = False
+                if done is not None:
+                    done()
+                if self._waiting:
+                    self._waiting.popleft()()
+
+            self._hold_lock(load_s, load)
+
+        self._hold_lock(unload_s, unload)
+
+    def _hold_lock(self, seconds: float, then: Callable[[], None]) -> None:
+        """A syscall that takes ``seconds``: the kexec lock is held that long, its effect lands at the end."""
+        if seconds <= 0:
+            then()
+            return
+        held = self.kexec.kexec_trylock()
+        if held:
+            self.lock_windows.append((self._clock.now, self._clock.now + seconds))
+
+        def finish() -> None:
+            if held:
+                self.kexec.kexec_unlock()
+            then()
+
+        self._clock.call_later(seconds, finish, "kexec syscall")
+
+
+@dataclass
+class Throttler:
+    """``kdump-udev-throttler``: one reload per burst of events."""
+
+    service: KdumpService
+    #: when the udev event queue will be empty (``udevadm settle`` waits for it)
+    queue_empty_at: Callable[[], float]
+    started: int = 0
+    exited: int = 0
+    _locked: bool = False
+
+    def run(self) -> None:
+        """One instance, started by udev for one event."""
+        if self._locked:
+            self.exited += 1
+            return
+        self._locked = True
+        self.started += 1
+        clock = self.service.kexec.machine.clock
+        settle_deadline = clock.now + THROTTLE_SLEEP + SETTLE_TIMEOUT
+
+        def settle() -> None:
+            empty = self.queue_empty_at()
+            if empty <= clock.now or clock.now >= settle_deadline:
+                self._locked = False  # the lock is dropped before kdumpctl runs
+                self.service.reload()
+                return
+            clock.call_at(min(empty, settle_deadline), settle, "udevadm settle")
+
+        clock.call_later(THROTTLE_SLEEP, settle, "throttler sleep")
