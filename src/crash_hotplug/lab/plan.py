@@ -28,7 +28,7 @@ OPS: dict[str, tuple[dict[str, type | tuple[type, ...]], dict[str, type | tuple[
     "del_cpu": ({"cpu": int}, {}),
     "online_block": ({"block": int}, {}),
     "offline_block": ({"block": int}, {}),
-    "storm": ({}, {"blocks": int, "reload_runs": int, "dimm_mib": int, "toggles": int}),
+    "storm": ({}, {"blocks": int, "reload_runs": int, "dimm_mib": int, "toggles": int, "cpu_toggles": int}),
     "panic": ({}, {"cpu": (int, str)}),
 }
 SYSCALLS = ("kexec_file_load", "kexec_load")

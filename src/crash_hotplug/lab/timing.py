@@ -46,8 +46,9 @@ METHODS = {
         "costs per event"
     ),
     "sysfs_write_ns": (
-        "in the guest, CLOCK_MONOTONIC around one write() of offline / online_movable to memoryN/state "
-        "(labtool wr), once per block of the in-kernel DIMM, with kdump loaded"
+        "in the guest, CLOCK_MONOTONIC around one write() to memoryN/state (offline / online_movable, once "
+        "per block of the in-kernel DIMM) or cpuN/online (0 / 1, cpu_toggles times), with kdump loaded and "
+        "unloaded (labtool wr)"
     ),
     "storm": (
         "host wall time from QMP device_add of an N-block pc-dimm until the kernel settled: in_kernel = every "
@@ -103,18 +104,33 @@ def _header_covers(vm: VM, runner: Runner, addr: int) -> bool | None:
     return any(p.p_paddr == addr for p in ElfCore.parse(seg).load_phdrs)
 
 
+def _timed_writes(vm: VM, writes: list[tuple[str, str, list[int]]]) -> None:
+    """One ``write()`` per (path, value), timed in the guest by ``labtool wr``; ns appended to the list."""
+    for path, value, sink in writes:
+        _rc, out = vm.console.run(f"labtool wr {path} {value}", timeout=120, check=False)
+        parts = out.split()
+        if len(parts) == 3 and parts[1] == "0":
+            sink.append(int(parts[2]))
+
+
 def _toggle_blocks(vm: VM, blocks: list[int]) -> dict[str, Any]:
-    """``offline`` then ``online_movable`` written once to each block's state, timed by ``labtool wr``."""
+    """``offline`` then ``online_movable`` written once to each block's ``state``."""
     offline: list[int] = []
     online: list[int] = []
     for b in blocks:
         path = f"/sys/devices/system/memory/memory{b}/state"
-        for value, sink in (("offline", offline), ("online_movable", online)):
-            _rc, out = vm.console.run(f"labtool wr {path} {value}", timeout=120, check=False)
-            parts = out.split()
-            if len(parts) == 3 and parts[1] == "0":
-                sink.append(int(parts[2]))
+        _timed_writes(vm, [(path, "offline", offline), (path, "online_movable", online)])
     return {"offline_write_ns": stats(offline), "online_write_ns": stats(online)}
+
+
+def _toggle_cpu(vm: VM, cpu: int, n: int) -> dict[str, Any]:
+    """``0`` then ``1`` written ``n`` times to ``cpuN/online``."""
+    offline: list[int] = []
+    online: list[int] = []
+    path = f"/sys/devices/system/cpu/cpu{cpu}/online"
+    for _ in range(n):
+        _timed_writes(vm, [(path, "0", offline), (path, "1", online)])
+    return {"cpu": cpu, "offline_write_ns": stats(offline), "online_write_ns": stats(online)}
 
 
 def _reload_runs(vm: VM, n: int, load_cmd: str, wait_blocks: list[int] | None = None) -> list[dict[str, Any]]:
@@ -168,7 +184,10 @@ def run_storm(vm: VM, runner: Runner, step: dict[str, Any]) -> dict[str, Any]:
     covers = _header_covers(vm, runner, runner.state.dimms[base_idx]["addr"])
     # Offline/online toggles of those blocks through sysfs: in-kernel updates for hp_action 4 and 3,
     # and the write() latency the user sees, with the image loaded.
-    toggles = _toggle_blocks(vm, blocks_a[: int(step.get("toggles", len(blocks_a)))])
+    toggle_blocks = blocks_a[: int(step.get("toggles", len(blocks_a)))]
+    cpu_toggles = int(step.get("cpu_toggles", 3))
+    mem_toggles = {"loaded": _toggle_blocks(vm, toggle_blocks)}
+    cpu_toggle = {"loaded": _toggle_cpu(vm, 1, cpu_toggles)}
     _rc, dmesg = con.run("dmesg")
     pairs = hotplug_update_pairs(_after_mark(dmesg, "lab-storm-in-kernel"))
 
@@ -185,8 +204,12 @@ def run_storm(vm: VM, runner: Runner, step: dict[str, Any]) -> dict[str, Any]:
         ("kexec_load (no -s)", f"kexec -p {KEXEC_ARGS}"),
     ):
         full.extend({"mode": mode, **r} for r in _reload_runs(vm, runs, cmd))
+    # The same toggles with no crash image loaded: the hotplug cost without any kdump work.
+    con.run("kexec -p -u", timeout=60)
+    mem_toggles["unloaded"] = _toggle_blocks(vm, toggle_blocks)
+    cpu_toggle["unloaded"] = _toggle_cpu(vm, 1, cpu_toggles)
     # Leave a kexec_file_load image loaded, and follow where its header went.
-    con.run(f"kexec -p -u; kexec -s -p -d {KEXEC_ARGS} >/dev/null 2>&1", timeout=120)
+    con.run(f"kexec -s -p -d {KEXEC_ARGS} >/dev/null 2>&1", timeout=120)
     _rc, tail = con.run("dmesg | grep 'Loaded ELF headers at' | tail -n 1")
     found = last_loaded_elf_headers(tail)
     if found is not None:
@@ -242,7 +265,8 @@ def run_storm(vm: VM, runner: Runner, step: dict[str, Any]) -> dict[str, Any]:
         },
         "in_kernel_update_s": {"pairs": [list(p) for p in pairs], "by_action": by_action},
         "full_reload": {"stats_ns": stats_ns, "runs": full},
-        "memory_toggle_sysfs_write_ns": {"loaded": toggles},
+        "memory_toggle_sysfs_write_ns": mem_toggles,
+        "cpu_toggle_sysfs_write_ns": cpu_toggle,
         "storm": storm,
     }
     (runner.out / "timing.json").write_text(json.dumps(timing, indent=1) + "\n")
