@@ -182,6 +182,8 @@ def run_storm(vm: VM, runner: Runner, step: dict[str, Any]) -> dict[str, Any]:
         raise ScenarioError(f"storm: dimm{base_idx} did not settle within 300 s")
     settle_in_kernel = time.monotonic() - t0
     covers = _header_covers(vm, runner, runner.state.dimms[base_idx]["addr"])
+    _rc, after = con.run("dmesg | grep -c 'crash hp: updated elfcorehdr'", check=False)
+    updates_for_add = int(after.strip() or 0) - n_before
     # Offline/online toggles of those blocks through sysfs: in-kernel updates for hp_action 4 and 3,
     # and the write() latency the user sees, with the image loaded.
     toggle_blocks = blocks_a[: int(step.get("toggles", len(blocks_a)))]
@@ -234,7 +236,7 @@ def run_storm(vm: VM, runner: Runner, step: dict[str, Any]) -> dict[str, Any]:
             "dimm": f"dimm{base_idx}",
             "settle_s": round(settle_in_kernel, 4),
             "no_image_s": 0.0,
-            "updates_seen": len(pairs),
+            "updates_seen": updates_for_add,
             "header_covers_dimm": covers,
         },
         "reload": {
