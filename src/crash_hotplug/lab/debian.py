@@ -1,0 +1,482 @@
+"""Debian kernel and guest-tool packages, fetched with a private apt configuration.
+
+Mirrors what ``apt-get download`` does for a user, but with its own ``sources.list``, lists,
+archives and status under the cache (``~/.cache/crash-hotplug``, or ``$CRASH_HOTPLUG_CACHE``), so the
+host's apt sources and state are never touched. The configuration is handed to apt through
+``APT_CONFIG``, which apt reads before (and instead of) ``/etc/apt/apt.conf.d``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from crash_hotplug.lab.errors import KernelFetchError
+
+__all__ = [
+    "KERNEL_KEYS",
+    "AptArchive",
+    "GuestTools",
+    "KernelPackage",
+    "KernelSpec",
+    "cache_dir",
+    "default_archive",
+    "extract_from_deb",
+    "kernel_spec",
+]
+
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+DEFAULT_SECURITY_MIRROR = "http://deb.debian.org/debian-security"
+KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+SUITES: tuple[tuple[str, str], ...] = (
+    ("main", "bookworm"),
+    ("main", "bookworm-updates"),
+    ("security", "bookworm-security"),
+    ("main", "bookworm-backports"),
+    ("main", "trixie"),
+    ("main", "trixie-updates"),
+    ("security", "trixie-security"),
+)
+LISTS_MAX_AGE_S = 24 * 3600
+
+Log = Callable[[str], None]
+
+
+def cache_dir() -> Path:
+    """The lab's cache: ``$CRASH_HOTPLUG_CACHE`` or ``~/.cache/crash-hotplug`` (outside any clone)."""
+    env = os.environ.get("CRASH_HOTPLUG_CACHE")
+    base = Path(env) if env else Path.home() / ".cache" / "crash-hotplug"
+    base.mkdir(parents=True, exist_ok=True)
+    return base
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """How a kernel key names Debian packages: a regex over package names, highest match wins."""
+
+    key: str
+    pattern: str
+    suites: tuple[str, ...]
+    note: str
+
+
+KERNEL_KEYS: dict[str, KernelSpec] = {
+    "6.1": KernelSpec(
+        "6.1",
+        r"linux-image-6\.1\.0-(\d+)-amd64-unsigned",
+        ("bookworm", "bookworm-updates", "bookworm-security"),
+        "bookworm 6.1 (no CONFIG_CRASH_HOTPLUG)",
+    ),
+    "6.12": KernelSpec(
+        "6.12",
+        r"linux-image-6\.12\.(\d+)\+deb13-amd64-unsigned",
+        ("trixie", "trixie-updates", "trixie-security"),
+        "trixie 6.12",
+    ),
+    "6.12-bpo": KernelSpec(
+        "6.12-bpo",
+        r"linux-image-6\.12\.(\d+)\+deb12-amd64-unsigned",
+        ("bookworm-backports",),
+        "bookworm-backports 6.12",
+    ),
+    "6.12.43": KernelSpec(
+        "6.12.43",
+        r"linux-image-6\.12\.(43)\+deb12-amd64(?:-unsigned)?",
+        ("bookworm-backports",),
+        "bookworm-backports 6.12.43 (the vectors' backports build)",
+    ),
+}
+
+_EXACT_61 = re.compile(r"6\.1\.0-(\d+)")
+_EXACT_612 = re.compile(r"6\.12\.(\d+)")
+
+
+def kernel_spec(key: str) -> KernelSpec:
+    """The package rule for a kernel key: ``6.1``, ``6.12``, ``6.12-bpo``, ``6.12.43``, or an exact
+    ABI such as ``6.1.0-50`` or upstream version such as ``6.12.117``."""
+    if key in KERNEL_KEYS:
+        return KERNEL_KEYS[key]
+    if m := _EXACT_61.fullmatch(key):
+        return KernelSpec(
+            key, rf"linux-image-6\.1\.0-({m[1]})-amd64-unsigned", KERNEL_KEYS["6.1"].suites, "bookworm 6.1"
+        )
+    if m := _EXACT_612.fullmatch(key):
+        return KernelSpec(
+            key,
+            rf"linux-image-6\.12\.({m[1]})\+deb1[23]-amd64(?:-unsigned)?",
+            ("trixie", "trixie-updates", "trixie-security", "bookworm-backports"),
+            "6.12 from trixie or bookworm-backports",
+        )
+    known = ", ".join([*KERNEL_KEYS, "6.1.0-N", "6.12.N"])
+    raise KernelFetchError(f"unknown kernel key {key!r}; known keys: {known}")
+
+
+@dataclass(frozen=True)
+class KernelPackage:
+    """An unpacked Debian kernel: its bzImage and what it is."""
+
+    key: str
+    package: str
+    version: str
+    vmlinuz: Path
+    release: str  # the uname -r string, e.g. 6.12.43+deb12-amd64
+
+    def to_json(self) -> dict[str, str]:
+        d = asdict(self)
+        d["vmlinuz"] = str(self.vmlinuz)
+        return d
+
+
+@dataclass(frozen=True)
+class GuestTools:
+    """The guest userspace: busybox-static and kexec-tools from bookworm, unpacked."""
+
+    busybox: Path
+    busybox_version: str
+    kexec: Path
+    kexec_version: str
+    sysroot: Path  # the unpacked shared libraries kexec needs (its lib* dependency closure)
+
+
+class AptArchive:
+    """A private apt set-up under ``root``: sources, lists, archives and an empty dpkg status.
+
+    Every apt command runs with ``APT_CONFIG`` pointing at ``root/apt.conf``, which also replaces
+    the host's ``apt.conf.d`` with an empty one of its own.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        mirror: str | None = None,
+        security_mirror: str | None = None,
+        log: Log | None = None,
+    ) -> None:
+        self.root = root
+        self.mirror = mirror or os.environ.get("CRASH_HOTPLUG_DEBIAN_MIRROR", DEFAULT_MIRROR)
+        self.security_mirror = security_mirror or os.environ.get(
+            "CRASH_HOTPLUG_DEBIAN_SECURITY_MIRROR", DEFAULT_SECURITY_MIRROR
+        )
+        self._log = log or (lambda _msg: None)
+        self._updated = False
+
+    # -- configuration -------------------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "apt.conf"
+
+    def sources_list(self) -> str:
+        """The private ``sources.list`` text: bookworm (+updates, security, backports) and trixie."""
+        lines = []
+        for kind, suite in SUITES:
+            uri = self.security_mirror if kind == "security" else self.mirror
+            lines.append(f"deb [signed-by={KEYRING}] {uri} {suite} main")
+        return "\n".join(lines) + "\n"
+
+    def apt_conf(self) -> str:
+        """The private apt configuration: every ``Dir::`` apt writes to or reads sources from."""
+        r = self.root
+        items = {
+            "Dir::Etc": f"{r}/etc",
+            "Dir::Etc::main": "apt.conf",
+            "Dir::Etc::parts": f"{r}/etc/apt.conf.d",
+            "Dir::Etc::sourcelist": f"{r}/etc/sources.list",
+            "Dir::Etc::sourceparts": f"{r}/etc/sources.list.d",
+            "Dir::Etc::preferences": f"{r}/etc/preferences",
+            "Dir::Etc::preferencesparts": f"{r}/etc/preferences.d",
+            "Dir::State": f"{r}/state",
+            "Dir::State::lists": f"{r}/lists",
+            "Dir::State::status": f"{r}/state/status",
+            "Dir::Cache": f"{r}/cache",
+            "Dir::Cache::archives": f"{r}/archives",
+            "Dir::Cache::pkgcache": "",
+            "Dir::Cache::srcpkgcache": "",
+            "Dir::Log": f"{r}/log",
+            "Debug::NoLocking": "true",
+            "APT::Sandbox::User": "root",
+            "APT::Architecture": "amd64",
+            "Acquire::Languages": "none",
+            "Acquire::Check-Valid-Until": "false",
+            "Acquire::Retries": "3",
+            "Acquire::http::Timeout": "60",
+        }
+        body = "".join(f'{k} "{v}";\n' for k, v in items.items())
+        return body + 'APT::Architectures { "amd64"; };\n'
+
+    def ensure_layout(self) -> None:
+        for sub in (
+            "etc/apt.conf.d",
+            "etc/sources.list.d",
+            "etc/preferences.d",
+            "state",
+            "lists/partial",
+            "cache",
+            "archives/partial",
+            "log",
+        ):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        (self.root / "state" / "status").touch()
+        self._write_if_changed(self.root / "etc" / "sources.list", self.sources_list())
+        self._write_if_changed(self.config_path, self.apt_conf())
+
+    @staticmethod
+    def _write_if_changed(path: Path, text: str) -> None:
+        if not path.exists() or path.read_text() != text:
+            path.write_text(text)
+
+    # -- commands ------------------------------------------------------------------------
+
+    def _run(self, argv: Sequence[str], cwd: Path | None = None, timeout: float = 900) -> str:
+        env = dict(os.environ, APT_CONFIG=str(self.config_path), DEBIAN_FRONTEND="noninteractive", LC_ALL="C")
+        try:
+            proc = subprocess.run(
+                list(argv), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+            )
+        except FileNotFoundError as exc:
+            raise KernelFetchError(f"{argv[0]} is not installed (this lab needs Debian's apt)") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise KernelFetchError(f"{' '.join(argv)} did not finish within {timeout:g} s") from exc
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip()[-1500:]
+            raise KernelFetchError(f"{' '.join(argv)} failed ({proc.returncode}): {tail}")
+        return proc.stdout
+
+    def lists_fresh(self) -> bool:
+        stamp = self.root / "lists" / ".updated"
+        return stamp.exists() and time.time() - stamp.stat().st_mtime < LISTS_MAX_AGE_S
+
+    def update(self, force: bool = False) -> None:
+        """``apt-get update`` into the private lists (skipped when they are less than a day old)."""
+        self.ensure_layout()
+        if self._updated or (not force and self.lists_fresh()):
+            return
+        self._log("apt-get update (private lists)")
+        self._run(["apt-get", "-q", "update"])
+        (self.root / "lists" / ".updated").touch()
+        self._updated = True
+
+    def package_names(self, prefix: str) -> list[str]:
+        self.update()
+        out = self._run(["apt-cache", "pkgnames", prefix])
+        return sorted(set(out.split()))
+
+    def madison(self, package: str) -> list[tuple[str, str]]:
+        """``(version, archive line)`` pairs apt knows for ``package``."""
+        out = self._run(["apt-cache", "madison", package])
+        rows = []
+        for line in out.splitlines():
+            parts = [p.strip() for p in line.split("|")]
+            if len(parts) >= 3 and parts[0] == package:
+                rows.append((parts[1], parts[2]))
+        return rows
+
+    def download(self, package: str, suite: str | None = None) -> tuple[Path, str]:
+        """Download ``package`` (from ``suite`` if given) into the archives dir; returns (deb, version)."""
+        self.update()
+        spec = f"{package}/{suite}" if suite else package
+        rows = self.madison(package)
+        if suite:
+            rows = [r for r in rows if f" {suite}/" in f" {r[1]}"]
+        if not rows:
+            raise KernelFetchError(f"package {spec} is not in the archive lists")
+        version = rows[0][0]
+        archives = self.root / "archives"
+        found = self._find_deb(archives, package, version)
+        if found is None:
+            self._log(f"downloading {package} {version}")
+            self._run(["apt-get", "-q", "download", f"{package}={version}"], cwd=archives)
+            found = self._find_deb(archives, package, version)
+        if found is None:
+            raise KernelFetchError(f"apt-get download {spec} left no .deb in {archives}")
+        return found, version
+
+    @staticmethod
+    def _find_deb(archives: Path, package: str, version: str) -> Path | None:
+        ver = version.replace(":", "%3a")
+        for cand in archives.glob(f"{package}_*.deb"):
+            if cand.name.startswith(f"{package}_{ver}_"):
+                return cand
+        return None
+
+    # -- what the lab needs --------------------------------------------------------------
+
+    def resolve_kernel(self, key: str) -> tuple[str, str]:
+        """The (package, suite) a kernel key names: the highest matching package in its suites."""
+        spec = kernel_spec(key)
+        self.update()
+        rx = re.compile(spec.pattern)
+        # Highest ABI/version first; then unsigned over signed; then the spec's suite order.
+        best: tuple[int, int, int, str, str] | None = None
+        for name in self.package_names("linux-image-6."):
+            m = rx.fullmatch(name)
+            if not m:
+                continue
+            for _version, line in self.madison(name):
+                rank = next((i for i, s in enumerate(spec.suites) if f" {s}/" in f" {line}"), None)
+                if rank is None:
+                    continue
+                unsigned = 1 if name.endswith("-unsigned") else 0
+                cand = (int(m[1]), unsigned, -rank, name, spec.suites[rank])
+                if best is None or cand[:3] > best[:3]:
+                    best = cand
+        if best is None:
+            raise KernelFetchError(
+                f"no package matching {spec.pattern} in {', '.join(spec.suites)} for kernel key {key!r}"
+            )
+        return best[3], best[4]
+
+    def fetch_kernel(self, key: str) -> KernelPackage:
+        """Resolve, download and unpack the bzImage of a kernel key (cached by package and version)."""
+        meta_root = cache_dir_of(self.root) / "kernels"
+        pinned = meta_root / f"key-{key}.json"
+        if pinned.exists() and self.lists_fresh():
+            meta = json.loads(pinned.read_text())
+            kp = KernelPackage(
+                key=key,
+                package=meta["package"],
+                version=meta["version"],
+                vmlinuz=Path(meta["vmlinuz"]),
+                release=meta["release"],
+            )
+            if kp.vmlinuz.exists():
+                return kp
+        package, suite = self.resolve_kernel(key)
+        deb, version = self.download(package, suite)
+        dest = meta_root / f"{package}_{_dirsafe(version)}"
+        boot = dest / "boot"
+        if not boot.is_dir() or not list(boot.glob("vmlinuz-*")):
+            self._log(f"unpacking {deb.name}")
+            extract_from_deb(deb, dest, ["./boot/vmlinuz-*"])
+        images = sorted(boot.glob("vmlinuz-*"))
+        if not images:
+            raise KernelFetchError(f"{deb.name} has no boot/vmlinuz-*")
+        release = images[0].name.removeprefix("vmlinuz-")
+        kp = KernelPackage(key=key, package=package, version=version, vmlinuz=images[0], release=release)
+        meta_root.mkdir(parents=True, exist_ok=True)
+        pinned.write_text(json.dumps(kp.to_json(), indent=1))
+        return kp
+
+    def fetch_guest_tools(self) -> GuestTools:
+        """busybox-static and kexec-tools from bookworm, as the vectors' guests had."""
+        out = cache_dir_of(self.root) / "tools"
+        bb_deb, bb_ver = self.download("busybox-static", "bookworm")
+        kx_deb, kx_ver = self.download("kexec-tools", "bookworm")
+        bb_dir = out / f"busybox-static_{_dirsafe(bb_ver)}"
+        kx_dir = out / f"kexec-tools_{_dirsafe(kx_ver)}"
+        if not (bb_dir / "bin" / "busybox").exists():
+            extract_from_deb(bb_deb, bb_dir, ["./bin/busybox"])
+        kexec = _first_existing(kx_dir, ["sbin/kexec", "usr/sbin/kexec"])
+        if kexec is None:
+            extract_from_deb(kx_deb, kx_dir, ["./sbin/kexec", "./usr/sbin/kexec"], allow_missing=True)
+            kexec = _first_existing(kx_dir, ["sbin/kexec", "usr/sbin/kexec"])
+        if kexec is None or not (bb_dir / "bin" / "busybox").exists():
+            raise KernelFetchError("busybox-static or kexec-tools did not unpack as expected")
+        sysroot = self.library_closure("kexec-tools", "bookworm", out / f"kexec-tools_{_dirsafe(kx_ver)}.sysroot")
+        return GuestTools(bb_dir / "bin" / "busybox", bb_ver, kexec, kx_ver, sysroot)
+
+    def depends(self, package: str, suite: str) -> list[str]:
+        """The first alternative of each ``Depends`` of ``package`` in ``suite`` (virtuals dropped)."""
+        out = self._run(["apt-cache", "depends", "--no-recommends", "--no-suggests", f"{package}/{suite}"])
+        deps: list[str] = []
+        alternative = False
+        for line in out.splitlines():
+            m = re.match(r"\s*(\|?)Depends: (\S+)", line)
+            if not m:
+                continue
+            name = m[2]
+            if not alternative and not name.startswith("<"):
+                deps.append(name.split(":")[0])
+            alternative = m[1] == "|"
+        return deps
+
+    def library_closure(self, package: str, suite: str, sysroot: Path) -> Path:
+        """Download and unpack every ``lib*`` package in the dependency closure of ``package``.
+
+        The result is a sysroot whose ``lib`` and ``usr/lib`` hold the shared objects a dynamic
+        binary of ``package`` loads, all from the same suite.
+        """
+        stamp = sysroot / ".complete"
+        if stamp.exists():
+            return sysroot
+        todo, seen = [package], {package}
+        libs: list[str] = []
+        while todo:
+            for dep in self.depends(todo.pop(), suite):
+                if dep in seen or not dep.startswith("lib"):
+                    continue
+                seen.add(dep)
+                libs.append(dep)
+                todo.append(dep)
+        for lib in sorted(libs):
+            deb, _ver = self.download(lib, suite)
+            extract_from_deb(deb, sysroot, ["./lib/*", "./usr/lib/*"], allow_missing=True, merge=True)
+        stamp.touch()
+        return sysroot
+
+
+def cache_dir_of(apt_root: Path) -> Path:
+    """The cache directory that holds a private apt root (its parent)."""
+    return apt_root.parent
+
+
+def _dirsafe(version: str) -> str:
+    """A Debian version usable in a directory name that may end up in a search path (no ``:``)."""
+    return version.replace(":", "_")
+
+
+def _first_existing(base: Path, rels: Sequence[str]) -> Path | None:
+    for rel in rels:
+        if (base / rel).exists():
+            return base / rel
+    return None
+
+
+def extract_from_deb(
+    deb: Path, dest: Path, members: Sequence[str], allow_missing: bool = False, merge: bool = False
+) -> None:
+    """Unpack the ``members`` (tar wildcards) of a ``.deb`` into ``dest`` with dpkg-deb and tar.
+
+    Without ``merge`` the unpacked top-level entries replace those in ``dest``; with it, the
+    archive is unpacked straight into ``dest`` on top of what is there.
+    """
+    if shutil.which("dpkg-deb") is None:
+        raise KernelFetchError("dpkg-deb is not installed")
+    dest.mkdir(parents=True, exist_ok=True)
+    tmp = dest if merge else dest.with_name(dest.name + ".partial")
+    if not merge:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    with subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE) as deb_proc:
+        tar = subprocess.run(
+            ["tar", "-x", "-C", str(tmp), "--wildcards", *members],
+            stdin=deb_proc.stdout,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
+        if deb_proc.stdout is not None:
+            deb_proc.stdout.close()
+    if tar.returncode != 0 and not (allow_missing and "Not found in archive" in tar.stderr):
+        raise KernelFetchError(f"unpacking {deb.name}: {tar.stderr.strip()[-800:]}")
+    if merge:
+        return
+    for child in tmp.iterdir():
+        target = dest / child.name
+        if target.exists():
+            shutil.rmtree(target) if target.is_dir() else target.unlink()
+        child.rename(target)
+    tmp.rmdir()
+
+
+def default_archive(log: Log | None = None) -> AptArchive:
+    """The private apt set-up in the lab cache."""
+    return AptArchive(cache_dir() / "apt", log=log)
