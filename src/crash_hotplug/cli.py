@@ -17,6 +17,7 @@ from rich.table import Table
 
 from crash_hotplug.cli_audit import audit, render_report
 from crash_hotplug.cli_common import fails_cleanly, out
+from crash_hotplug.cli_lab import lab
 from crash_hotplug.cli_simulate import simulate
 from crash_hotplug.crash.x86_64 import crash_load_segments_memsz, prepare_elf_headers
 from crash_hotplug.elf.core import read_core_file
@@ -305,6 +306,7 @@ def demo(root: Path | None) -> None:
 
 cli.add_command(audit)
 cli.add_command(simulate)
+cli.add_command(lab)
 
 
 def main() -> None:
