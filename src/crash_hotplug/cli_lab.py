@@ -53,7 +53,7 @@ def run_cmd(scenario: str, kernel_key: str, out: Path | None, accel: str) -> Non
             run_dir = run_scenario(plan, kernel_key, out, accel=accel, report=report)
     except (LabError, CrashHotplugError) as exc:
         console.print(f"[red]lab run failed:[/red] {exc}", markup=True, highlight=False)
-        sys.exit(1)
+        sys.exit(2)
     except KeyboardInterrupt:
         console.print("[red]interrupted; the VM was stopped[/red]")
         sys.exit(130)
@@ -79,7 +79,7 @@ def check_cmd(run_dir: Path, kernel_version: str | None, against: Path | None) -
         report = check_run(run_dir, kernel_version=kernel_version, against=against)
     except (LabError, CrashHotplugError) as exc:
         Console(stderr=True).print(f"[red]lab check failed:[/red] {exc}", highlight=False)
-        sys.exit(1)
+        sys.exit(2)
     render(report, console)
     sys.exit(0 if report.ok else 1)
 

@@ -71,7 +71,7 @@ def test_check_cli_ok_and_bad_input(vectors: Path, tmp_path: Path) -> None:
     assert ok.exit_code == 0, ok.output
     assert "same bytes" in ok.output
     bad = CliRunner().invoke(lab, ["check", str(tmp_path)])
-    assert bad.exit_code == 1
+    assert bad.exit_code == 2
     assert "no scenario.json" in bad.output
     assert "Traceback" not in bad.output
     with pytest.raises(RunDirError):

@@ -71,7 +71,7 @@ def test_lab_run_bad_input_is_one_line_and_exit_1(tmp_path: Path) -> None:
         (["run", "short", "--kernel", "5.10", "--out", str(tmp_path / "r")], "unknown kernel key '5.10'"),
     ):
         result = runner.invoke(lab, args)
-        assert result.exit_code == 1
+        assert result.exit_code == 2
         assert message in " ".join(result.output.split())
         assert "Traceback" not in result.output
     assert not (tmp_path / "r").exists()
