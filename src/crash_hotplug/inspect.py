@@ -11,17 +11,13 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from crash_hotplug.elf.constants import NT_PRSTATUS
+from crash_hotplug.crash.vmcore import VmcoreFile
 from crash_hotplug.elf.core import ElfCore
-from crash_hotplug.elf.prstatus import ElfPrstatus
 from crash_hotplug.elf.structs import Elf64_Phdr
-from crash_hotplug.elf.vmcoreinfo import VMCOREINFO_NOTE_NAME, parse_vmcoreinfo
+from crash_hotplug.elf.vmcoreinfo import VMCOREINFO_NOTE_NAME
 from crash_hotplug.machine.kernel import START_KERNEL_MAP
 
 __all__ = ["CpuNote", "HeaderDiff", "HeaderSummary", "MemRange", "diff_headers", "summarize"]
-
-VMCOREINFO_KEYS = ("OSRELEASE", "BUILD-ID", "PAGESIZE", "KERNELOFFSET", "NUMBER(phys_base)", "CRASHTIME")
-
 
 @dataclass(frozen=True)
 class CpuNote:
@@ -108,16 +104,11 @@ def summarize(core: ElfCore, *, note_owners: Mapping[int, int] | None = None,
         if vmci is not None:
             s.vmcoreinfo_paddr, s.vmcoreinfo_size = vmci.p_paddr, vmci.p_memsz
     else:
-        n = 0
-        for _, note in core.notes():
-            if note.n_type == NT_PRSTATUS and note.name == "CORE":
-                pr = ElfPrstatus.unpack(note.desc)
-                s.cpu_notes.append(CpuNote(n, None, len(note.desc), None, pr.pr_pid, pr.ip))
-                n += 1
-            elif note.name == VMCOREINFO_NOTE_NAME:
-                info = parse_vmcoreinfo(note.desc)
-                s.vmcoreinfo = {k: info[k] for k in VMCOREINFO_KEYS if k in info}
-                s.vmcoreinfo_size = len(note.desc)
+        vf = VmcoreFile.from_bytes(core.data, core.source)
+        s.cpu_notes = [CpuNote(n.index, None, len(n.desc), None, n.pr_pid, n.prstatus.ip) for n in vf.prstatus]
+        s.vmcoreinfo = vf.key_vmcoreinfo()
+        note = next((len(n.desc) for _, n in core.notes() if n.name == VMCOREINFO_NOTE_NAME), None)
+        s.vmcoreinfo_size = note
     for p in core.load_phdrs:
         r = MemRange(p.p_paddr, p.p_paddr + p.p_memsz - 1, p.p_vaddr)
         if _is_text(p):

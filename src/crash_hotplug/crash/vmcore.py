@@ -366,7 +366,7 @@ class PrstatusNote:
 
 
 #: VMCOREINFO keys a report shows
-VMCOREINFO_KEYS: Final = ("OSRELEASE", "BUILD-ID", "PAGESIZE", "KERNELOFFSET", "CRASHTIME")
+VMCOREINFO_KEYS: Final = ("OSRELEASE", "BUILD-ID", "PAGESIZE", "KERNELOFFSET", "NUMBER(phys_base)", "CRASHTIME")
 
 
 @dataclass(frozen=True)
@@ -380,6 +380,12 @@ class VmcoreFile:
     vmcoreinfo: dict[str, str] = field(default_factory=dict)
     #: reads file bytes (offset, size) when the vmcore is not on disk but presented from memory
     reader: Callable[[int, int], bytes] | None = None
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "<bytes>") -> VmcoreFile:
+        """A vmcore (or its headers and notes) already in memory."""
+        vf = _decode(Path(source), data, len(data))
+        return dataclasses.replace(vf, reader=lambda pos, size: data[pos : pos + size])
 
     @classmethod
     def from_vmcore(cls, vmcore: Vmcore, mem: MemoryReader, name: str = "/proc/vmcore") -> VmcoreFile:
