@@ -171,7 +171,7 @@ class OursCrashHotplug(CrashHotplug):
                 else:
                     exclude.append((start, end))
         try:
-            buf, _ = prepare_elf_headers(machine.kernel_state(), exclude)
+            buf, _ = prepare_elf_headers(machine.kernel_state(snapshot=False), exclude)
         except CrashMemError:
             machine.printk("crash hp: unable to create new elfcorehdr")
             return None

@@ -190,6 +190,19 @@ def _check_sane(ehdr: Elf64_Ehdr) -> None:
             raise ElfcorehdrNotSane(f"Core image elf header is not sane: {what}", offset=offset, source="elfcorehdr")
 
 
+def _phdrs(buf: bytearray, p_type: int) -> list[tuple[int, Elf64_Phdr]]:
+    """(offset, program header) of every header of ``p_type`` in a header buffer."""
+    view = bytes(buf)
+    phnum = EHDR.unpack_from(view)[10]
+    out = []
+    for i in range(phnum):
+        off = Elf64_Ehdr.SIZE + i * Elf64_Phdr.SIZE
+        ph = Elf64_Phdr.unpack(view, off)
+        if ph.p_type == p_type:
+            out.append((off, ph))
+    return out
+
+
 def update_note_header_size_elf64(buf: bytearray, mem: MemoryReader) -> list[str]:
     """Set each PT_NOTE's ``p_memsz`` to the size of the notes really in it (``update_note_header_size_elf64``).
 
@@ -198,13 +211,7 @@ def update_note_header_size_elf64(buf: bytearray, mem: MemoryReader) -> list[str
     warnings the kernel prints.
     """
     warnings: list[str] = []
-    view = bytes(buf)
-    phnum = EHDR.unpack_from(view)[10]
-    for i in range(phnum):
-        off = Elf64_Ehdr.SIZE + i * Elf64_Phdr.SIZE
-        ph = Elf64_Phdr.unpack(view, off)
-        if ph.p_type != PT_NOTE:
-            continue
+    for off, ph in _phdrs(buf, PT_NOTE):
         max_sz = ph.p_memsz
         notes = mem.read(ph.p_offset, max_sz)
         real_sz = 0
@@ -274,13 +281,7 @@ def process_ptload_program_headers_elf64(buf: bytearray, elfsz: int, elfnotes_sz
     """Give each PT_LOAD its file offset and list its page-rounded window (``process_ptload_program_headers_elf64``)."""
     ranges: list[VmcoreRange] = []
     vmcore_off = elfsz + elfnotes_sz
-    view = bytes(buf)
-    phnum = EHDR.unpack_from(view)[10]
-    for i in range(phnum):
-        off = Elf64_Ehdr.SIZE + i * Elf64_Phdr.SIZE
-        ph = Elf64_Phdr.unpack(view, off)
-        if ph.p_type != PT_LOAD:
-            continue
+    for off, ph in _phdrs(buf, PT_LOAD):
         paddr = ph.p_offset
         start = _rounddown(paddr)
         end = _roundup(paddr + ph.p_memsz)

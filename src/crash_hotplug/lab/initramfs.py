@@ -209,16 +209,21 @@ def _digest(parts: Iterable[bytes]) -> str:
     return h.hexdigest()[:16]
 
 
+def _cached(out: Path, blob: bytes) -> Path:
+    """Write ``blob`` to ``out`` in the cache unless it is there already (names carry a digest)."""
+    if not out.exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(blob)
+    return out
+
+
 def build_capture_initramfs(cache: Path, tools: GuestTools, labtool: Path) -> Path:
     """The capture kernel's initramfs: busybox, labtool and the same ``/init``."""
     cpio = Cpio()
     _base(cpio, tools, labtool)
     blob = cpio.gzip()
     out = cache / "initramfs" / f"capture-{_digest([blob])}.cpio.gz"
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(blob)
-    return out
+    return _cached(out, blob)
 
 
 def build_main_initramfs(cache: Path, kernel: KernelPackage, tools: GuestTools, labtool: Path) -> Path:
@@ -237,7 +242,4 @@ def build_main_initramfs(cache: Path, kernel: KernelPackage, tools: GuestTools, 
     cpio.file("kdump/capture.cpio.gz", capture.read_bytes(), 0o644)
     blob = cpio.gzip()
     out = cache / "initramfs" / f"rootfs-{kernel.release}-{_digest([blob])}.cpio.gz"
-    if not out.exists():
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_bytes(blob)
-    return out
+    return _cached(out, blob)

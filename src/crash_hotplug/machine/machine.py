@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -135,6 +135,8 @@ class Machine:
     log: list[str] = field(default_factory=list)
     kexec: KexecStatus | None = None
     clock: Clock = field(default_factory=Clock)
+    _boot_cache: tuple[tuple[tuple[int, int], ...], tuple[int, ...], Mapping[int, int]] | None = field(
+        default=None, repr=False, compare=False)
     uevents: UeventBus = field(default_factory=UeventBus)
     #: the CPU that panicked, once the panic path has run
     panic_cpu: int | None = None
@@ -173,14 +175,27 @@ class Machine:
         """``per_cpu_ptr_to_phys(per_cpu_ptr(crash_notes, cpu))`` for every possible CPU."""
         return {c: s.crash_notes for c, s in self.cpus.cpus.items()}
 
-    def kernel_state(self) -> KernelState:
-        """The :class:`KernelState` of the machine now (what the header builder reads)."""
+    def _boot_layout(self) -> tuple[tuple[int, ...], Mapping[int, int]]:
+        """Possible CPUs and their ``crash_notes`` addresses: fixed from boot, so handed out as the
+        same objects every time (the header builder reuses its packed CPU notes for them)."""
+        key = tuple((c, s.crash_notes) for c, s in self.cpus.cpus.items())
+        if self._boot_cache is None or self._boot_cache[0] != key:
+            self._boot_cache = (key, self.cpus.possible, dict(key))
+        return self._boot_cache[1], self._boot_cache[2]
+
+    def kernel_state(self, *, snapshot: bool = True) -> KernelState:
+        """The :class:`KernelState` of the machine now (what the header builder reads).
+
+        ``snapshot=False`` shares the live iomem tree instead of copying it: for a caller that
+        builds the header at once (the per-event hotplug path) and keeps nothing.
+        """
+        possible, notes = self._boot_layout()
         return KernelState(
             config=self.config,
-            possible=self.cpus.possible,
+            possible=possible,
             present=self.cpus.present,
             online=self.cpus.online,
-            crash_notes=self.crash_notes(),
+            crash_notes=notes,
             crash_notes_size=self.crash_notes_size,
             vmcoreinfo_paddr=self.vmcoreinfo_paddr,
             vmcoreinfo_size=self.vmcoreinfo_size,
@@ -188,7 +203,7 @@ class Machine:
             text_paddr=self.text_paddr,
             text_size=self.text_size,
             page_offset=self.page_offset,
-            iomem=self.iomem.copy(),
+            iomem=self.iomem.copy() if snapshot else self.iomem,
             crashk_res=self.crashk_res,
             crashk_low_res=self.crashk_low_res,
         )

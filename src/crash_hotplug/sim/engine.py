@@ -128,7 +128,7 @@ class _Observer:
             return
         ram, notes = _ram_and_notes(m.mem.read, _header_addr(image))
         offline = [m.memory.block_range(i) for i, b in m.memory.blocks.items() if not b.online]
-        buf, _ = prepare_elf_headers(m.kernel_state(), offline)
+        buf, _ = prepare_elf_headers(m.kernel_state(snapshot=False), offline)
         want_ram, _ = _ram_and_notes(lambda a, n: buf[a : a + n], 0)
         cpu_notes = m.crash_notes()
         true = sorted(ram) == sorted(want_ram) and all(cpu_notes[c] in notes for c in m.cpus.online)

@@ -56,7 +56,7 @@ class X86_64:
             return Outcome.CPU_SKIPPED
         machine = hp.kexec.machine
         try:
-            elfbuf, _nr_ranges = prepare_elf_headers(machine.kernel_state())
+            elfbuf, _nr_ranges = prepare_elf_headers(machine.kernel_state(snapshot=False))
         except CrashMemError:
             machine.printk("crash hp: unable to create new elfcorehdr")
             return Outcome.BUILD_FAILED
