@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from crash_hotplug.audit import audit, read_machine_at_panic
-from crash_hotplug.cli_audit import audit as audit_command
+from crash_hotplug.cli.audit import audit as audit_command
 from crash_hotplug.crash.vmcore import parse_crash_elf64_headers, write_vmcore
 from crash_hotplug.machine.cpumask import cpulist_parse
 from crash_hotplug.machine.physmem import MODEL_STATE_FILE, PAGE_SIZE

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from crash_hotplug.cli_lab import lab
+from crash_hotplug.cli.lab import lab
 from crash_hotplug.lab.check import check_run, rebuild_sources
 from crash_hotplug.lab.errors import RunDirError
 from crash_hotplug.lab.rundir import RunDir

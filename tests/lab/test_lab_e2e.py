@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from crash_hotplug.cli_lab import lab
+from crash_hotplug.cli.lab import lab
 from crash_hotplug.lab.errors import QemuError
 from crash_hotplug.lab.qemu import VM, MachineConfig
 

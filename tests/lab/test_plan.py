@@ -63,7 +63,7 @@ def test_unknown_scenario_and_bad_json(tmp_path: Path) -> None:
 def test_lab_run_bad_input_is_one_line_and_exit_1(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from crash_hotplug.cli_lab import lab
+    from crash_hotplug.cli.lab import lab
 
     runner = CliRunner()
     for args, message in (

@@ -12,7 +12,7 @@ import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from crash_hotplug.cli_common import err, fails_cleanly, out
+from crash_hotplug.cli.common import err, fails_cleanly, out
 from crash_hotplug.errors import CrashHotplugError
 from crash_hotplug.sim.costs import CostModel
 from crash_hotplug.sim.engine import APPROACHES

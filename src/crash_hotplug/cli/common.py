@@ -6,13 +6,16 @@ import functools
 import shutil
 import sys
 from collections.abc import Callable
+from importlib import resources
+from pathlib import Path
 from typing import ParamSpec, TypeVar
 
+import click
 from rich.console import Console
 
 from crash_hotplug.errors import CrashHotplugError
 
-__all__ = ["err", "fails_cleanly", "out"]
+__all__ = ["PAGE_SIZE", "err", "example_root", "fails_cleanly", "out", "root_option", "size_text"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -34,3 +37,25 @@ def fails_cleanly(fn: Callable[P, R]) -> Callable[P, R]:
             sys.exit(2)
 
     return wrapper
+
+
+PAGE_SIZE = 4096
+
+
+def example_root() -> Path:
+    """The bundled example snapshot (a 4 GiB, 2-CPU guest with kdump loaded)."""
+    return Path(str(resources.files("crash_hotplug") / "data" / "example" / "root"))
+
+
+def size_text(n: int) -> str:
+    """A byte count in the largest binary unit that keeps it at least 1."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return f"{n / (1 << shift):.2f} {unit}".replace(".00 ", " ")
+    return f"{n} B"
+
+
+root_option = click.option(
+    "--root", "root", type=click.Path(path_type=Path, file_okay=False), default=Path("/"), show_default=True,
+    help="Directory holding proc/ and sys/ as the host shows them (a live host, a snapshot, a sosreport).",
+)

@@ -1,0 +1,59 @@
+"""``crash-hotplug``: thin commands over the library, one module per command group.
+
+Every command that reads machine state takes ``--root DIR`` (default ``/``): a live host, a
+snapshot, or an extracted sosreport. Bad input ends with one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from crash_hotplug.cli.audit import audit
+from crash_hotplug.cli.common import PAGE_SIZE, example_root, fails_cleanly
+from crash_hotplug.cli.elfcorehdr import elfcorehdr, print_summary
+from crash_hotplug.cli.host import snapshot, status
+from crash_hotplug.cli.lab import lab
+from crash_hotplug.cli.scenario import scenario
+from crash_hotplug.cli.simulate import simulate
+from crash_hotplug.crash.x86_64 import crash_load_segments_memsz, prepare_elf_headers
+from crash_hotplug.elf.core import ElfCore
+from crash_hotplug.inspect import summarize
+from crash_hotplug.snapshot.reader import read_kernel_state
+
+__all__ = ["cli", "example_root", "main"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="crash-hotplug")
+def cli() -> None:
+    """Linux kdump crash hotplug, modelled to the byte."""
+
+
+@cli.command()
+@click.option("--root", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Snapshot to use instead of the bundled example.")
+@fails_cleanly
+def demo(root: Path | None) -> None:
+    """The default job: build and show the elfcorehdr of the bundled example snapshot."""
+    root = root or example_root()
+    state = read_kernel_state(root)
+    buf, nr = prepare_elf_headers(state)
+    memsz = crash_load_segments_memsz(state.config, len(buf), nr)
+    s = summarize(ElfCore.parse(buf, "built"), note_owners={a: c for c, a in state.crash_notes.items()},
+                  reserved_size=-(-memsz // PAGE_SIZE) * PAGE_SIZE)
+    print_summary(s, f"elfcorehdr built for {root} (kernel {state.config.version})")
+
+
+cli.add_command(elfcorehdr)
+cli.add_command(status)
+cli.add_command(snapshot)
+cli.add_command(scenario)
+cli.add_command(audit)
+cli.add_command(simulate)
+cli.add_command(lab)
+
+
+def main() -> None:
+    cli(prog_name="crash-hotplug")
