@@ -8,6 +8,7 @@ from __future__ import annotations
 __all__ = [
     "CrashHotplugError",
     "ElfFormatError",
+    "InputFileError",
     "SnapshotError",
 ]
 
@@ -32,6 +33,19 @@ class ElfFormatError(CrashHotplugError):
     def with_source(self, source: str) -> ElfFormatError:
         """The same error, naming the file it came from."""
         return ElfFormatError(self.what, offset=self.offset, source=source)
+
+
+class InputFileError(CrashHotplugError):
+    """A file the user named that cannot be read within bounds: missing, unreadable, not a regular
+    file (a FIFO, socket, device or directory), larger than its format allows, or short.
+
+    ``path`` names the file, ``what`` says what was wrong (see :mod:`crash_hotplug.fileio`).
+    """
+
+    def __init__(self, path: str, what: str) -> None:
+        self.path = path
+        self.what = what
+        super().__init__(f"{path}: {what}")
 
 
 class SnapshotError(CrashHotplugError):
