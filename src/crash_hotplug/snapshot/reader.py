@@ -52,8 +52,9 @@ __all__ = [
 CPU_DIR = "sys/devices/system/cpu"
 MEM_DIR = "sys/devices/system/memory"
 DMESG = "var/log/dmesg"
-#: udev rule directories under a root, highest priority first
-RULE_DIRS = ("etc/udev/rules.d", "run/udev/rules.d", "usr/lib/udev/rules.d", "lib/udev/rules.d")
+#: udev rule directories under a root, highest priority first (systemd's ``CONF_PATHS("udev/rules.d")``)
+RULE_DIRS = ("etc/udev/rules.d", "run/udev/rules.d", "usr/local/lib/udev/rules.d", "usr/lib/udev/rules.d",
+             "lib/udev/rules.d")
 
 
 def read_cpulist(root: FsRoot, name: str) -> tuple[int, ...]:
@@ -200,9 +201,9 @@ def _kcore_loads(root: FsRoot) -> list[Elf64_Phdr] | None:
         raise SnapshotError(str(p), f"program headers unreadable: {e.what} at offset {e.offset:#x}") from None
 
 
-def read_kernel_state(root_dir: Path, *, kernel_version: str | None = None) -> KernelState:
+def read_kernel_state(root_dir: Path | FsRoot, *, kernel_version: str | None = None) -> KernelState:
     """The kernel state the files under ``root_dir`` describe; :class:`SnapshotError` on bad input."""
-    root = FsRoot(Path(root_dir))
+    root = root_dir if isinstance(root_dir, FsRoot) else FsRoot(Path(root_dir))
     version = read_kernel_version(root, kernel_version)
     config = read_kernel_config(root, version, version_overridden=kernel_version is not None)
     possible = read_cpulist(root, "possible")
