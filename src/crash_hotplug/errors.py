@@ -8,6 +8,7 @@ from __future__ import annotations
 __all__ = [
     "CrashHotplugError",
     "ElfFormatError",
+    "FdtFormatError",
     "SnapshotError",
 ]
 
@@ -32,6 +33,16 @@ class ElfFormatError(CrashHotplugError):
     def with_source(self, source: str) -> ElfFormatError:
         """The same error, naming the file it came from."""
         return ElfFormatError(self.what, offset=self.offset, source=source)
+
+
+class FdtFormatError(CrashHotplugError):
+    """A truncated or inconsistent flattened device tree blob (same fields as :class:`ElfFormatError`)."""
+
+    def __init__(self, what: str, *, offset: int, source: str = "<bytes>") -> None:
+        self.what = what
+        self.offset = offset
+        self.source = source
+        super().__init__(f"{source}: at offset {offset:#x}: {what}")
 
 
 class SnapshotError(CrashHotplugError):
