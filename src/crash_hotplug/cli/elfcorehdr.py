@@ -96,7 +96,7 @@ def elfcorehdr_show(file: Path, root: Path | None, segment_size: int | None, as_
         memsz = crash_load_segments_memsz(state.config, len(buf), nr)
         reserved = -(-memsz // PAGE_SIZE) * PAGE_SIZE
     if reserved is None and core.is_raw_elfcorehdr:
-        reserved = len(core.data)
+        reserved = core.size
     s = summarize(core, note_owners=_owners(root, None), reserved_size=reserved)
     if as_json:
         click.echo(json.dumps(s.to_json(), indent=1))
