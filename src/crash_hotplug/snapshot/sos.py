@@ -18,6 +18,7 @@ snapshot's manifest lists it as unreadable.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from crash_hotplug.errors import SnapshotError
 from crash_hotplug.facts import ABSENT, Lookup
 from crash_hotplug.machine.kernel import KernelState
 from crash_hotplug.snapshot.reader import DMESG, RULE_DIRS, read_kernel_state
-from crash_hotplug.snapshot.root import FsRoot
+from crash_hotplug.snapshot.root import FsRoot, limit_for
 
 __all__ = ["SNAPSHOT_MANIFEST", "SOS_DMESG", "SOS_UNAME", "HostRoot", "SosRoot", "is_sosreport", "open_root"]
 
@@ -53,34 +54,43 @@ class SosRoot(FsRoot):
     command output presented at the Linux path they stand for (``proc/sys/kernel/osrelease`` from
     ``uname -a``, ``var/log/dmesg`` from the kernel plugin's ``dmesg``)."""
 
-    def _mapped(self, rel: str) -> bytes | None:
+    def _source(self, rel: str) -> str:
+        """Where sos keeps ``rel``: the copied file when there is one, else sos's command output."""
+        if rel == DMESG and not super().exists(rel) and super().exists(SOS_DMESG):
+            return SOS_DMESG
+        return rel
+
+    def _release(self, rel: str) -> bytes | None:
         if rel == "proc/sys/kernel/osrelease" and not super().exists(rel) and super().exists(SOS_UNAME):
             release = _uname_release(super().read_text(SOS_UNAME))
             return None if release is None else (release + "\n").encode()
-        if rel == DMESG and not super().exists(rel) and super().exists(SOS_DMESG):
-            return super().read_bytes(SOS_DMESG)
         return None
 
     def exists(self, rel: str) -> bool:
-        return super().exists(rel) or self._mapped(rel) is not None
+        return super().exists(self._source(rel)) or self._release(rel) is not None
 
-    def read_bytes(self, rel: str) -> bytes:
-        got = self._mapped(rel)
+    def read_bytes(self, rel: str, limit: int | None = None) -> bytes:
+        got = self._release(rel)
         if got is not None:
             return got
-        try:
-            return super().read_bytes(rel)
-        except SnapshotError as e:
-            if e.what == "missing":
-                raise SnapshotError(e.path, "not collected by this sosreport") from None
-            raise
+        src = self._source(rel)
+        if not super().exists(src):
+            raise SnapshotError(self.display(rel), "not collected by this sosreport")
+        return super().read_bytes(src, limit_for(rel) if limit is None else limit)
+
+    def iter_lines(self, rel: str, limit: int | None = None) -> Iterator[tuple[int, str]]:
+        src = self._source(rel)
+        if not super().exists(src) and self._release(rel) is None:
+            raise SnapshotError(self.display(rel), "not collected by this sosreport")
+        if self._release(rel) is not None:
+            yield 1, self.read_text(rel).rstrip("\n")
+            return
+        yield from super().iter_lines(src, limit_for(rel) if limit is None else limit)
 
     def display(self, rel: str) -> str:
-        if rel == "proc/sys/kernel/osrelease" and not super().exists(rel):
+        if rel == "proc/sys/kernel/osrelease" and not super().exists(rel) and super().exists(SOS_UNAME):
             return str(self.path / SOS_UNAME)
-        if rel == DMESG and not super().exists(rel):
-            return str(self.path / SOS_DMESG)
-        return super().display(rel)
+        return super().display(self._source(rel))
 
 
 @dataclass
