@@ -10,6 +10,7 @@ __all__ = [
     "DumpFormatError",
     "ElfFormatError",
     "FdtFormatError",
+    "InputFileError",
     "MissingCodecError",
     "SnapshotError",
 ]
@@ -45,6 +46,19 @@ class FdtFormatError(CrashHotplugError):
         self.offset = offset
         self.source = source
         super().__init__(f"{source}: at offset {offset:#x}: {what}")
+
+
+class InputFileError(CrashHotplugError):
+    """A file the user named that cannot be read within bounds: missing, unreadable, not a regular
+    file (a FIFO, socket, device or directory), larger than its format allows, or short.
+
+    ``path`` names the file, ``what`` says what was wrong (see :mod:`crash_hotplug.fileio`).
+    """
+
+    def __init__(self, path: str, what: str) -> None:
+        self.path = path
+        self.what = what
+        super().__init__(f"{path}: {what}")
 
 
 class SnapshotError(CrashHotplugError):

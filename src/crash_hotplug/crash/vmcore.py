@@ -39,7 +39,8 @@ from crash_hotplug.elf.notes import Note, pad4
 from crash_hotplug.elf.prstatus import ElfPrstatus
 from crash_hotplug.elf.structs import EHDR, NHDR, PHDR, Elf64_Ehdr, Elf64_Phdr
 from crash_hotplug.elf.vmcoreinfo import VMCOREINFO_NOTE_NAME, parse_vmcoreinfo
-from crash_hotplug.errors import CrashHotplugError, DumpFormatError, ElfFormatError
+from crash_hotplug.errors import CrashHotplugError, DumpFormatError, ElfFormatError, InputFileError
+from crash_hotplug.fileio import open_regular
 from crash_hotplug.machine.kernel import START_KERNEL_MAP, KernelVersion
 from crash_hotplug.machine.physmem import PAGE_SIZE, MemoryReader
 from crash_hotplug.makedumpfile.diskdump import DISKDUMP_SIGNATURE, KDUMP_SIGNATURE
@@ -551,7 +552,11 @@ class VmcoreFile:
     def _read(self, off: int, size: int) -> bytes:
         if self.reader is not None:
             return self.reader(off, size)
-        with self.path.open("rb") as f:
+        try:
+            f = open_regular(self.path)
+        except InputFileError:
+            return b""
+        with f:
             f.seek(off)
             return f.read(size)
 
@@ -622,7 +627,7 @@ def _open_stream(path: Path, source: str) -> tuple[BinaryIO, bool]:
     if str(path) == "-":
         src: BinaryIO = sys.stdin.buffer
     else:
-        src = path.open("rb")
+        src = open_regular(path)  # a FIFO or device is refused: "-" reads a pipe
     head = src.read(MDF_HEADER.size)
     if is_flattened(head):
         tmp = tempfile.TemporaryFile()  # noqa: SIM115 (returned open, closed with its reader)
@@ -651,6 +656,8 @@ def read_vmcore_file(path: Path) -> VmcoreFile:
     source = "<stdin>" if str(path) == "-" else str(path)
     try:
         f, flattened = _open_stream(path, source)
+    except InputFileError as e:
+        raise ElfFormatError(e.what, offset=0, source=source) from None
     except OSError as e:
         raise ElfFormatError(f"cannot read: {e.strerror}", offset=0, source=source) from None
     src = _FileSource(f)
