@@ -61,8 +61,9 @@ __all__ = [
 CPU_DIR = "sys/devices/system/cpu"
 MEM_DIR = "sys/devices/system/memory"
 DMESG = "var/log/dmesg"
-#: udev rule directories under a root, highest priority first
-RULE_DIRS = ("etc/udev/rules.d", "run/udev/rules.d", "usr/lib/udev/rules.d", "lib/udev/rules.d")
+#: udev rule directories under a root, highest priority first (systemd's ``CONF_PATHS("udev/rules.d")``)
+RULE_DIRS = ("etc/udev/rules.d", "run/udev/rules.d", "usr/local/lib/udev/rules.d", "usr/lib/udev/rules.d",
+             "lib/udev/rules.d")
 
 
 def read_kernel_max(root: FsRoot) -> int | None:
@@ -318,9 +319,14 @@ def _kcore_loads(root: FsRoot) -> list[Elf64_Phdr] | None:
         ) from None
 
 
-def read_kernel_state(root_dir: Path, *, kernel_version: str | None = None) -> KernelState:
+def read_kernel_state(root_dir: Path | FsRoot, *, kernel_version: str | None = None) -> KernelState:
     """The kernel state the files under ``root_dir`` describe; :class:`SnapshotError` on bad input."""
-    root = FsRoot(Path(root_dir))
+    if isinstance(root_dir, FsRoot):
+        root = root_dir
+    else:
+        from crash_hotplug.snapshot.sos import fs_root  # sos.py builds on this module
+
+        root = fs_root(Path(root_dir))
     version = read_kernel_version(root, kernel_version)
     config = read_kernel_config(root, version, version_overridden=kernel_version is not None)
     possible = read_cpulist(root, "possible")
