@@ -62,6 +62,7 @@ __all__ = [
     "parse_elfcorehdr_param",
     "process_ptload_program_headers_elf64",
     "read_vmcore_file",
+    "sniff_format",
     "update_note_header_size_elf64",
     "write_vmcore",
 ]
@@ -644,6 +645,22 @@ def _open_stream(path: Path, source: str) -> tuple[BinaryIO, bool]:
     if src is sys.stdin.buffer:
         return _spool(src, head), False
     return src, False
+
+
+def sniff_format(path: Path) -> str:
+    """``ELF``, ``kdump-compressed``, ``flattened`` or ``unknown``, from the file's first bytes."""
+    if str(path) == "-":
+        return "unknown"
+    try:
+        with open_regular(path) as f:
+            head = f.read(MDF_HEADER.size)
+    except (InputFileError, OSError):
+        return "unknown"
+    if is_flattened(head):
+        return "flattened"
+    if head[:8] == KDUMP_SIGNATURE:
+        return KDUMP_FMT
+    return "ELF" if head[:4] == ELFMAG else "unknown"
 
 
 def read_vmcore_file(path: Path) -> VmcoreFile:
