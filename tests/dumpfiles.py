@@ -30,7 +30,7 @@ def pfn_runs(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def kdump_from_elf(elf: Path, out: Path, *, compression: str | None = "zlib", dump_level: int = 0,
-                   header_version: int = 6, exclude: list[tuple[int, int]] = ()) -> Path:  # type: ignore[assignment]
+                   header_version: int = 6, exclude: tuple[tuple[int, int], ...] = ()) -> Path:
     """``makedumpfile -d LEVEL -c|-l|-p|-z ELF OUT``: at -d 1 zero pages stay in the 2nd bitmap and
     point at one shared zero page, as makedumpfile writes them; the pfn runs in ``exclude`` leave the
     2nd bitmap, as the page kinds of the higher levels do (makedumpfile finds those in struct page)."""

@@ -17,7 +17,7 @@ from crash_hotplug.elf.core import ElfCore
 from crash_hotplug.elf.structs import Elf64_Phdr
 from crash_hotplug.elf.vmcoreinfo import VMCOREINFO_NOTE_NAME
 from crash_hotplug.machine.kernel import START_KERNEL_MAP
-from crash_hotplug.makedumpfile.kdump import dump_level_text
+from crash_hotplug.makedumpfile.kdump import KdumpCompressed, dump_level_text
 
 __all__ = [
     "CpuNote", "DumpSummary", "HeaderDiff", "HeaderSummary", "MemRange", "diff_headers", "summarize", "summarize_dump",
@@ -217,8 +217,8 @@ class DumpSummary:
 def summarize_dump(vf: VmcoreFile) -> DumpSummary:
     """The header fields, page counts and memory ranges (from the 1st bitmap) of a kdump-compressed file."""
     kd = vf.kdump
-    if kd is None:
-        raise ValueError(f"{vf.path} is {vf.dump_format}, not kdump-compressed")
+    if not isinstance(kd, KdumpCompressed):
+        raise ValueError(f"{vf.path} is {vf.dump_format}, not one kdump-compressed file")
     h, sub = kd.header, kd.sub
     level = kd.dump_level
     return DumpSummary(

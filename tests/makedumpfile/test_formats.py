@@ -112,7 +112,7 @@ def test_pages_out_of_the_2nd_bitmap_are_filtered_not_missing(tmp_path: Path) ->
     m = small_machine()
     elf = _elf(m, tmp_path / "vmcore")
     # what -d 31 leaves out of the 2nd bitmap (free, cache and user pages, found through struct page)
-    kd = kdump_from_elf(elf, tmp_path / "vmcore.d31", dump_level=31, exclude=[(0x2000, 0x203F), (0x2100, 0x2100)])
+    kd = kdump_from_elf(elf, tmp_path / "vmcore.d31", dump_level=31, exclude=((0x2000, 0x203F), (0x2100, 0x2100)))
     root = m.write_root(tmp_path / "root")
     report = audit(kd, root, samples=100_000)
     assert report.complete, report.findings

@@ -24,7 +24,7 @@ CASES = ["complete", "no-hotplug-6.1", "dimm-removed"]
 MODES = [("-c",), ("-l",), ("-E",), ("-F", "-l"), ("-F", "-E")]
 
 
-def _findings(path: Path, root: Path) -> tuple[int, list[tuple[str, str]], Any]:
+def _findings(path: Path | list[Path], root: Path) -> tuple[int, list[tuple[str, str]], Any]:
     r = audit(path, root, samples=64)
     return r.exit_status, [(f.kind, f.message) for f in r.findings], r
 
@@ -113,3 +113,20 @@ def test_show_agrees_with_crash_and_makedumpfile(model_dumps: ModelDumps, tmp_pa
         d.pop("file")
         d.pop("format")
     assert a == b == shown
+
+
+def test_split_parts_read_together(model_dumps: ModelDumps, tmp_path: Path) -> None:
+    dump = model_dumps("dimm-removed")
+    parts = [tmp_path / f"part{i}" for i in range(3)]
+    res = subprocess.run(["makedumpfile", "--split", "-l", "-d", "1", "--message-level", "1", str(dump.vmcore),
+                          *map(str, parts)], capture_output=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    _, elf, _ = _findings(dump.vmcore, dump.root)
+    code, got, report = _findings(list(reversed(parts)), dump.root)
+    assert (code, got) == (dump.case.audit_exit, elf)
+    assert report.dump_format == "kdump-compressed, 3 --split parts" and report.bytes.done
+    one = audit(parts[0], dump.root)
+    assert "dump-part" in [f.kind for f in one.findings]
+    cli = subprocess.run([sys.executable, "-m", "crash_hotplug", "audit", str(parts[0]), str(parts[2]),
+                          "--root", str(dump.root)], capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2 and "in no part" in cli.stderr and cli.stderr.count("\n") == 1, cli.stderr
