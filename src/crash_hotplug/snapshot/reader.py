@@ -211,7 +211,12 @@ def _kcore_loads(root: FsRoot) -> list[Elf64_Phdr] | None:
 
 def read_kernel_state(root_dir: Path | FsRoot, *, kernel_version: str | None = None) -> KernelState:
     """The kernel state the files under ``root_dir`` describe; :class:`SnapshotError` on bad input."""
-    root = root_dir if isinstance(root_dir, FsRoot) else FsRoot(Path(root_dir))
+    if isinstance(root_dir, FsRoot):
+        root = root_dir
+    else:
+        from crash_hotplug.snapshot.sos import fs_root  # sos.py builds on this module
+
+        root = fs_root(Path(root_dir))
     version = read_kernel_version(root, kernel_version)
     config = read_kernel_config(root, version, version_overridden=kernel_version is not None)
     possible = read_cpulist(root, "possible")
