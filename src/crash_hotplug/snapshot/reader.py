@@ -229,8 +229,9 @@ def check_crash_notes(
                                           "every CPU has its own")
 
 
-def _vmcoreinfo(root: FsRoot, ram: list[tuple[int, int]]) -> tuple[int, int]:
-    """``vmcoreinfo_show``: ``%pa %x`` of the note's physical address and size."""
+def _vmcoreinfo(root: FsRoot, ram: list[tuple[int, int]] | None = None) -> tuple[int, int]:
+    """``vmcoreinfo_show``: ``%pa %x`` of the note's physical address and size (inside ``ram``
+    when given)."""
     rel = "sys/kernel/vmcoreinfo"
     text = root.read_text(rel)
     body = text[:-1] if text.endswith("\n") else text
@@ -243,7 +244,7 @@ def _vmcoreinfo(root: FsRoot, ram: list[tuple[int, int]]) -> tuple[int, int]:
         raise SnapshotError(root.display(rel), str(e)) from None
     if not 0 < size <= _VMCOREINFO_MAX:
         raise SnapshotError(root.display(rel), f"size {size:#x}: VMCOREINFO_NOTE_SIZE is a few KiB")
-    if not _in_ram(paddr, size, ram):
+    if ram is not None and not _in_ram(paddr, size, ram):
         raise SnapshotError(root.display(rel), f"[{paddr:#x}, {paddr + size:#x}) is not inside System RAM of "
                                                "proc/iomem")
     return paddr, size
