@@ -38,6 +38,7 @@ __all__ = [
     "ArchiveKernel",
     "KernelRequest",
     "archive_kernels",
+    "check_key",
     "config_of",
     "fetch_archive_kernel",
     "is_release",
@@ -153,10 +154,9 @@ def pick_release(kernels: Sequence[ArchiveKernel], key: str) -> ArchiveKernel:
                 "'crash-hotplug lab kernels' lists the releases it has"
             )
         return hit
+    check_key(key)
     m = _UPSTREAM_RE.fullmatch(key)
-    if not m:
-        known = ", ".join([*KERNEL_KEYS, "6.1.0-N", "6.12.N", "X.Y", "X.Y.Z", "a release such as 7.3.4+deb13-amd64"])
-        raise KernelFetchError(f"unknown kernel key {key!r}; known keys: {known}")
+    assert m is not None
     want = (int(m[1]), int(m[2]), int(m[3]) if m[3] else None)
     plain = [k for k in kernels if "+deb" in k.release and _RELEASE_RE.fullmatch(k.release)]
     cands = [
@@ -176,6 +176,14 @@ def pick_release(kernels: Sequence[ArchiveKernel], key: str) -> ArchiveKernel:
         newest = max(_upstream(k.release) for k in cands)
         cands = [k for k in cands if _upstream(k.release) == newest]
     return min(cands, key=lambda k: SUITE_ORDER.index(k.suite))
+
+
+def check_key(key: str) -> None:
+    """``KernelFetchError`` unless ``key`` has the form of a kernel key (before any download)."""
+    if key in KERNEL_KEYS or is_release(key) or re.fullmatch(r"6\.1\.0-\d+|\d+\.\d+(?:\.\d+)?", key):
+        return
+    known = ", ".join([*KERNEL_KEYS, "6.1.0-N", "X.Y", "X.Y.Z", "a release such as 7.3.4+deb13-amd64"])
+    raise KernelFetchError(f"unknown kernel key {key!r}; known keys: {known}")
 
 
 def _kernel_dir(archive: AptArchive, name: str) -> Path:
@@ -269,6 +277,8 @@ class KernelRequest:
             bzimage_version(self.vmlinuz)
         if self.config is not None:
             KernelConfig.read(self.config)
+        if self.key is not None:
+            check_key(self.key)
 
     def fetch(self, archive: AptArchive, log: Log | None = None) -> KernelPackage:
         """The kernel on disk, with its release and config."""
