@@ -176,6 +176,68 @@ def kernels_cmd(all_flavours: bool, fetch_images: bool, as_json: bool) -> None:
     Console(width=200).print(table)
 
 
+def _variadic(tokens: tuple[str, ...]) -> dict[str, list[str]]:
+    """``--kernels A B C --scenarios X Y --out D``: each option with the values that follow it."""
+    known = {"--kernels", "--scenarios", "--out", "--accel"}
+    opts: dict[str, list[str]] = {}
+    current: str | None = None
+    for tok in tokens:
+        name, eq, value = tok.partition("=")
+        if name in known:
+            current = name
+            opts.setdefault(current, [])
+            if eq:
+                opts[current].append(value)
+            continue
+        if tok.startswith("--"):
+            raise click.UsageError(f"unknown option {tok} (known: {', '.join(sorted(known))}, --rerun, --markdown)")
+        if current is None:
+            raise click.UsageError(f"{tok!r}: give it after --kernels or --scenarios")
+        opts[current].extend(v for v in tok.split(",") if v)
+    return opts
+
+
+@lab.command("matrix", context_settings={"ignore_unknown_options": True, "allow_interspersed_args": True})
+@click.option("--rerun", is_flag=True, help="run again even where a complete run directory exists")
+@click.option("--markdown", is_flag=True, help="print the table as Markdown (for a bug report)")
+@click.option("--json", "as_json", is_flag=True, help="JSON lines, one per row")
+@click.argument("tokens", nargs=-1, type=click.UNPROCESSED)
+def matrix_cmd(rerun: bool, markdown: bool, as_json: bool, tokens: tuple[str, ...]) -> None:
+    """Run SCENARIOS on several KERNELS and print one table per kernel and step.
+
+    \b
+    crash-hotplug lab matrix --kernels 6.1 6.12.43 6.18.15 7.3.4 --scenarios base [--out DIR] [--accel tcg]
+
+    A complete run directory (DIR/<kernel>-<scenario>) is reused unless --rerun. Exit 1 when a real
+    header differs from the model, 2 when a run failed.
+    """
+    from crash_hotplug.lab.matrix import matrix_rows, render_matrix, run_matrix
+
+    err = Console(stderr=True)
+    try:
+        opts = _variadic(tokens)
+        kernels, scenarios = opts.get("--kernels", []), opts.get("--scenarios", ["base"])
+        if not kernels:
+            raise click.UsageError("name the kernels: --kernels A B C")
+        accel = (opts.get("--accel") or ["auto"])[-1]
+        if accel not in ("auto", "kvm", "tcg"):
+            raise click.UsageError(f"--accel must be auto, kvm or tcg, not {accel!r}")
+        out = Path((opts.get("--out") or ["lab-runs/matrix"])[-1])
+        runs = run_matrix(kernels, scenarios, out, accel=accel, rerun=rerun, report=lambda m: err.log(m))
+    except (LabError, CrashHotplugError) as exc:
+        err.print(f"lab matrix: {_one_line(exc)}", markup=False, highlight=False, soft_wrap=True)
+        sys.exit(2)
+    if as_json:
+        for run in runs:
+            for row in matrix_rows(run):
+                click.echo(json.dumps(row.to_json()))
+    else:
+        render_matrix(runs, Console(width=240), markdown=markdown)
+    if any(r.error for r in runs):
+        sys.exit(2)
+    sys.exit(0 if all(r.ok for r in runs) else 1)
+
+
 @lab.command("check")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--kernel-version", default=None, help="kernel release for the model (default: each root's osrelease)")
