@@ -250,7 +250,9 @@ class AptArchive:
             "log",
         ):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        (self.root / "state" / "status").touch()
+        status = self.root / "state" / "status"
+        if not status.exists():  # never touched again: a newer mtime makes apt rebuild its caches
+            status.touch()
         self._write_if_changed(self.root / "etc" / "sources.list", self.sources_list())
         self._write_if_changed(self.config_path, self.apt_conf())
 
