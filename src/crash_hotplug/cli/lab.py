@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import click
 from rich.console import Console
 
+from crash_hotplug.cli.common import check_output_dir, output_dir
 from crash_hotplug.errors import CrashHotplugError
 from crash_hotplug.lab.errors import LabError
 
@@ -75,7 +76,7 @@ ACCEL_OPTION = click.option(
 @lab.command("run")
 @click.argument("scenario")
 @kernel_options
-@click.option("--out", "out", type=click.Path(path_type=Path), default=None, help="run directory")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None, help="run directory", callback=output_dir)
 @ACCEL_OPTION
 def run_cmd(
     scenario: str,
@@ -222,7 +223,7 @@ def matrix_cmd(rerun: bool, markdown: bool, as_json: bool, tokens: tuple[str, ..
         accel = (opts.get("--accel") or ["auto"])[-1]
         if accel not in ("auto", "kvm", "tcg"):
             raise click.UsageError(f"--accel must be auto, kvm or tcg, not {accel!r}")
-        out = Path((opts.get("--out") or ["lab-runs/matrix"])[-1])
+        out = check_output_dir(Path((opts.get("--out") or ["lab-runs/matrix"])[-1]))
         runs = run_matrix(kernels, scenarios, out, accel=accel, rerun=rerun, report=lambda m: err.log(m))
     except (LabError, CrashHotplugError) as exc:
         err.print(f"lab matrix: {_one_line(exc)}", markup=False, highlight=False, soft_wrap=True)
