@@ -28,6 +28,10 @@ def test_quirk_only_where_the_kernel_refuses_hot_add() -> None:
     lapic = "[   41.2] ACPI: Unable to map lapic to logical cpu number\n"
     assert needs_quirk(lapic, maxcpus=8, cpus=2, accel="tcg") is not None
     assert hotplug_cpus(ALLOWS) == (2, 6, "[    0.0] CPU topo: Allowing 2 present CPUs plus 6 hotplug CPUs")
+    old = "[    0.01] smpboot: Allowing 2 CPUs, 0 hotplug CPUs\n"  # before 6.9
+    assert hotplug_cpus(old) == (2, 0, old.strip())
+    assert needs_quirk(old, maxcpus=8, cpus=2, accel="tcg") is not None
+    assert needs_quirk("[    0.01] smpboot: Allowing 8 CPUs, 6 hotplug CPUs\n", 8, 2, "tcg") is None
 
 
 def test_quirk_on_the_command_line() -> None:
@@ -74,3 +78,10 @@ def test_matrix_arguments() -> None:
         _variadic(("6.1",))
     with pytest.raises(click.UsageError):
         _variadic(("--kernels", "6.1", "--bogus"))
+
+
+@pytest.mark.parametrize(("kernel", "quirk"), [("6.1", False), ("6.12.43", False), ("6.12", True)])
+def test_quirk_from_the_vectors_boot_logs(vectors: Path, kernel: str, quirk: bool) -> None:
+    """The vectors' own dmesg: 6.12.117 (the ``6.12`` vector) allowed 0 hotplug CPUs under TCG."""
+    dmesg = (vectors / kernel / "base" / "S0" / "root" / "var/log/dmesg").read_text()
+    assert (needs_quirk(dmesg, maxcpus=8, cpus=2, accel="tcg") is not None) is quirk

@@ -21,7 +21,9 @@ from typing import Any
 
 __all__ = ["HYPERVISOR_DETECT", "QUIRKS", "MachineQuirk", "QuirkVerdicts", "hotplug_cpus", "needs_quirk"]
 
+# arch/x86/kernel/cpu/topology.c (6.9+) and, before it, arch/x86/kernel/smpboot.c.
 _ALLOWING_RE = re.compile(r"Allowing (\d+) present CPUs plus (\d+) hotplug CPUs")
+_ALLOWING_OLD_RE = re.compile(r"smpboot: Allowing (\d+) CPUs, (\d+) hotplug CPUs")
 
 
 @dataclass(frozen=True)
@@ -62,14 +64,20 @@ QUIRKS: dict[str, MachineQuirk] = {HYPERVISOR_DETECT.name: HYPERVISOR_DETECT}
 
 
 def hotplug_cpus(dmesg: str) -> tuple[int, int, str] | None:
-    """``(present, hotplug, line)`` from the kernel's "Allowing N present CPUs plus M hotplug CPUs"."""
+    """``(present, hotplug, line)`` from the kernel's "Allowing N present CPUs plus M hotplug CPUs"
+    (or, before 6.9, "smpboot: Allowing N CPUs, M hotplug CPUs", N counting both)."""
     found = None
     for m in _ALLOWING_RE.finditer(dmesg):
+        found = m
+    if found is not None:
+        line = next((ln for ln in dmesg.splitlines() if found[0] in ln), found[0])
+        return int(found[1]), int(found[2]), line.strip()
+    for m in _ALLOWING_OLD_RE.finditer(dmesg):
         found = m
     if found is None:
         return None
     line = next((ln for ln in dmesg.splitlines() if found[0] in ln), found[0])
-    return int(found[1]), int(found[2]), line.strip()
+    return int(found[1]) - int(found[2]), int(found[2]), line.strip()
 
 
 def needs_quirk(dmesg: str, maxcpus: int, cpus: int, accel: str) -> tuple[MachineQuirk, str] | None:
