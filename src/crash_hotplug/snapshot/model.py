@@ -26,7 +26,14 @@ from crash_hotplug.machine.resource import iomem_render, walk_system_ram_res
 from crash_hotplug.snapshot.reader import CPU_DIR, DMESG, MEM_DIR, read_kernel_state
 from crash_hotplug.snapshot.root import FsRoot
 
-__all__ = ["kcore_header", "machine_from_snapshot", "model_state", "snapshot_files", "write_machine_files"]
+__all__ = [
+    "kcore_header",
+    "machine_from_snapshot",
+    "model_state",
+    "read_memory_blocks",
+    "snapshot_files",
+    "write_machine_files",
+]
 
 #: ``/proc/kcore`` file offsets: ``vaddr - KCORE_BASE + data offset`` (``kc_vaddr_to_offset``)
 _KCORE_BASE: Final = 0xFFFF800000000000
@@ -143,7 +150,8 @@ def write_machine_files(m: Machine, root: Path) -> int:
     return len(files)
 
 
-def _blocks(fs: FsRoot) -> dict[int, tuple[bool, str]]:
+def read_memory_blocks(fs: FsRoot) -> dict[int, tuple[bool, str]]:
+    """``sys/devices/system/memory/memoryN``: block index -> (online, zone; Movable when offline)."""
     out: dict[int, tuple[bool, str]] = {}
     base = fs.file(MEM_DIR)
     if not base.is_dir():
@@ -193,5 +201,5 @@ def machine_from_snapshot(root: Path) -> Machine:
         cmdline=(fs.read_optional("proc/cmdline") or "").strip(),
         cpu0_hotpluggable=fs.exists(f"{CPU_DIR}/cpu0/online"), block_size=block_size,
         policy=(fs.read_optional(f"{MEM_DIR}/auto_online_blocks") or "offline").strip(),
-        blocks=_blocks(fs), syms=_kallsyms(fs),
+        blocks=read_memory_blocks(fs), syms=_kallsyms(fs),
     )
