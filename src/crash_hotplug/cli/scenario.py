@@ -41,7 +41,8 @@ def scenario_run(design: str, syscall: str, kernel: str, mem_gib: float, cpus: i
     """Run a scenario, panic, and audit the vmcore against the machine at the panic.
     Exit 0 when the dump is complete, 1 when it is lost or has gaps, 2 on bad input."""
     steps = SCRIPTED_STEPS if steps_file is None else load_steps(steps_file)
-    run = run_scenario(steps, design=design, syscall=syscall, kernel=kernel, mem_gib=mem_gib, cpus=cpus)
+    run = run_scenario(steps, design=design, syscall=syscall, kernel=kernel, mem_gib=mem_gib, cpus=cpus,
+                       source=None if steps_file is None else str(steps_file))
     if run.panic is None:
         raise ScenarioError("the steps end without a panic step")
     rep = run.audit(out_dir, write_vmcore=write_vmcore)
