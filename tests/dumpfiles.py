@@ -30,9 +30,10 @@ def pfn_runs(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
 
 
 def kdump_from_elf(elf: Path, out: Path, *, compression: str | None = "zlib", dump_level: int = 0,
-                   header_version: int = 6) -> Path:
-    """``makedumpfile -d LEVEL -c|-l|-p|-z ELF OUT`` for the levels that need no page structs (0, 1)."""
-    assert dump_level in (0, 1)
+                   header_version: int = 6, exclude: tuple[tuple[int, int], ...] = ()) -> Path:
+    """``makedumpfile -d LEVEL -c|-l|-p|-z ELF OUT``: at -d 1 zero pages stay in the 2nd bitmap and
+    point at one shared zero page, as makedumpfile writes them; the pfn runs in ``exclude`` leave the
+    2nd bitmap, as the page kinds of the higher levels do (makedumpfile finds those in struct page)."""
     vf = read_vmcore_file(elf)
     assert vf.core is not None
     present = pfn_runs([(s.paddr, s.end) for s in vf.loads if s.size])
@@ -44,15 +45,8 @@ def kdump_from_elf(elf: Path, out: Path, *, compression: str | None = "zlib", du
         return zero if data is None else data
 
     dumped = present
-    if dump_level & 1:
-        dumped = []
-        for s, e in present:
-            for pfn in range(s, e + 1):
-                if page(pfn) != zero:
-                    if dumped and dumped[-1][1] == pfn - 1:
-                        dumped[-1] = (dumped[-1][0], pfn)
-                    else:
-                        dumped.append((pfn, pfn))
+    for xs, xe in exclude:
+        dumped = [r for s, e in dumped for r in ((s, min(e, xs - 1)), (max(s, xe + 1), e)) if r[0] <= r[1]]
     note = next(p for p in vf.core.phdrs if p.p_type == PT_NOTE)
     notes = elf.read_bytes()[note.p_offset : note.p_offset + note.p_filesz]
     info = "".join(f"{k}={v}\n" for k, v in vf.vmcoreinfo.items()).encode()

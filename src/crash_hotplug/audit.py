@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from crash_hotplug.crash.core import CrashMem, crash_exclude_mem_range
-from crash_hotplug.crash.vmcore import PrstatusNote, VmcoreFile, read_vmcore_file
+from crash_hotplug.crash.vmcore import PrstatusNote, VmcoreFile, read_vmcore_files
 from crash_hotplug.crash.x86_64 import SZ_1M
 from crash_hotplug.elf.constants import NT_PRSTATUS
 from crash_hotplug.elf.notes import iter_notes
@@ -264,7 +264,7 @@ def read_machine_at_panic(root_dir: Path) -> MachineAtPanic:
 @dataclass(frozen=True)
 class Finding:
     """One gap: ``kind`` is ``cpu-missing``, ``cpu-extra``, ``registers-differ``, ``memory-missing``,
-    ``memory-extra``, ``bytes-differ`` or ``data-truncated``."""
+    ``memory-extra``, ``bytes-differ``, ``data-truncated`` or ``dump-part`` (one part of a split dump)."""
 
     kind: str
     message: str
@@ -610,6 +610,13 @@ def _check_bytes(
     vf: VmcoreFile, m: MachineAtPanic, mem: MemoryCheck, samples: int, seed: int, findings: list[Finding]
 ) -> ByteCheck:
     why: list[str] = []
+    kd = vf.kdump
+    if kd is not None and kd.split:
+        findings.append(Finding(
+            "dump-part",
+            f"the file is one part of a makedumpfile --split dump: it holds the pages of pfns {kd.start_pfn:#x}-"
+            f"{kd.end_pfn - 1:#x} only; audit all its parts together",
+        ))
     if vf.headers_only:
         why.append("the file holds headers and notes only, no memory data")
     elif not vf.has_data:
@@ -680,7 +687,10 @@ def audit_vmcore(vf: VmcoreFile, m: MachineAtPanic, *, samples: int = DEFAULT_SA
     )
 
 
-def audit(vmcore: Path, root: Path, *, samples: int = DEFAULT_SAMPLES, seed: int = 0) -> AuditReport:
-    """Read both inputs and audit; raises a :class:`~crash_hotplug.errors.CrashHotplugError` on unusable input."""
+def audit(vmcore: Path | list[Path], root: Path, *, samples: int = DEFAULT_SAMPLES, seed: int = 0) -> AuditReport:
+    """Read both inputs and audit; raises a :class:`~crash_hotplug.errors.CrashHotplugError` on unusable input.
+
+    ``vmcore`` is one dump, or the parts of a ``makedumpfile --split`` dump."""
     machine = read_machine_at_panic(root)
-    return audit_vmcore(read_vmcore_file(vmcore), machine, samples=samples, seed=seed)
+    paths = vmcore if isinstance(vmcore, list) else [vmcore]
+    return audit_vmcore(read_vmcore_files(paths), machine, samples=samples, seed=seed)

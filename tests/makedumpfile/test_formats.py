@@ -108,24 +108,36 @@ def test_gaps_are_the_same_on_every_format(tmp_path: Path, codec: str) -> None:
             _same(on_elf, got)
 
 
-def test_dump_level_1_zero_pages_are_filtered_not_missing(tmp_path: Path) -> None:
+def test_pages_out_of_the_2nd_bitmap_are_filtered_not_missing(tmp_path: Path) -> None:
     m = small_machine()
-    m.mem.zero(0x2000000, 0x40000)  # 64 zero pages
-    m.mem.zero(0x2100000, 0x1000)
     elf = _elf(m, tmp_path / "vmcore")
-    kd = kdump_from_elf(elf, tmp_path / "vmcore.d1", dump_level=1)
+    # what -d 31 leaves out of the 2nd bitmap (free, cache and user pages, found through struct page)
+    kd = kdump_from_elf(elf, tmp_path / "vmcore.d31", dump_level=31, exclude=((0x2000, 0x203F), (0x2100, 0x2100)))
     root = m.write_root(tmp_path / "root")
     report = audit(kd, root, samples=100_000)
     assert report.complete, report.findings
-    assert report.memory.missing == [] and report.memory.dump_level == 1
-    filtered = report.memory.filtered
-    assert (0x2000000, 0x203FFFF) in filtered and (0x2100000, 0x2100FFF) in filtered
+    assert report.memory.missing == [] and report.memory.dump_level == 31
+    assert report.memory.filtered == [(0x2000000, 0x203FFFF), (0x2100000, 0x2100FFF)]
     note = next(n for n in report.notes if "filtered by" in n)
-    assert "-d 1 (zero pages)" in note and "not missing" in note
+    assert "65 pages" in note and "-d 31 (zero pages, cache pages" in note and "not missing" in note
     # the byte check reads only pages the file holds: every dumped candidate, none filtered
     on_elf = audit(elf, root, samples=100_000)
-    assert report.bytes.candidates == on_elf.bytes.candidates - report.memory.filtered_bytes // 4096
+    assert report.bytes.candidates == on_elf.bytes.candidates - 65
     assert report.bytes.mismatches == ()
+
+
+def test_dump_level_1_zero_pages_share_one_page(tmp_path: Path) -> None:
+    # makedumpfile -d 1 keeps zero pages in the 2nd bitmap, their descriptors pointing at one zero page
+    m = small_machine()
+    m.mem.zero(0x2000000, 0x40000)
+    elf = _elf(m, tmp_path / "vmcore")
+    kd = kdump_from_elf(elf, tmp_path / "vmcore.d1", dump_level=1)
+    vf = read_vmcore_file(kd)
+    assert vf.read_phys(0x2000000, 0x40000) == bytes(0x40000)
+    assert vf.kdump is not None and vf.kdump.filtered_pages() == 0
+    report = audit(kd, m.write_root(tmp_path / "root", model=False))  # zeroed pages are not the pattern
+    assert report.complete and report.memory.filtered == []
+    assert any("-d 1 (zero pages), which left out no page" in n for n in report.notes)
 
 
 @pytest.mark.parametrize("version", [1, 3, 4, 5, 6])

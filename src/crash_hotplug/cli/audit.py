@@ -71,20 +71,21 @@ def render_report(report: AuditReport, console: Console) -> None:
 
 
 @click.command("audit")
-@click.argument("vmcore", type=click.Path(path_type=Path, dir_okay=False, allow_dash=True))
+@click.argument("vmcore", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False, allow_dash=True))
 @click.option("--root", "root", type=click.Path(path_type=Path), required=True,
               help="Snapshot of the machine at the panic (proc/, sys/ under it).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--samples", type=click.IntRange(min=0), default=DEFAULT_SAMPLES, show_default=True,
               help="Pages to compare with the model's pattern (needs memory data and machine.json).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed that picks the sampled pages.")
-def audit(vmcore: Path, root: Path, as_json: bool, samples: int, seed: int) -> None:
+def audit(vmcore: tuple[Path, ...], root: Path, as_json: bool, samples: int, seed: int) -> None:
     """Check VMCORE against the machine at the panic: missing or extra CPU contexts, missing or extra
     memory, sampled bytes. VMCORE is ELF (whole, headers and notes only, or makedumpfile -E),
-    kdump-compressed (makedumpfile -c/-l/-p/-z) or flattened (-F); "-" reads it from standard input.
+    kdump-compressed (makedumpfile -c/-l/-p/-z) or flattened (-F); "-" reads it from standard input;
+    the parts of a makedumpfile --split dump are given together.
     Exit 0 complete, 1 gaps, 2 bad input."""
     try:
-        report = run_audit(vmcore, root, samples=samples, seed=seed)
+        report = run_audit(list(vmcore), root, samples=samples, seed=seed)
     except CrashHotplugError as e:
         Console(stderr=True, highlight=False).print(f"crash-hotplug: error: {e}", markup=False, soft_wrap=True)
         sys.exit(2)

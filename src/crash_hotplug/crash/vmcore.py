@@ -15,6 +15,7 @@ reading only the bytes it is asked for.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import re
 import sys
@@ -48,7 +49,7 @@ from crash_hotplug.machine.physmem import PAGE_SIZE, MemoryReader
 from crash_hotplug.makedumpfile.diskdump import DISKDUMP_SIGNATURE, KDUMP_SIGNATURE
 from crash_hotplug.makedumpfile.diskdump import FMT as KDUMP_FMT
 from crash_hotplug.makedumpfile.flattened import MDF_HEADER, is_flattened, rearrange
-from crash_hotplug.makedumpfile.kdump import KdumpCompressed
+from crash_hotplug.makedumpfile.kdump import KdumpCompressed, SplitDump
 
 __all__ = [
     "ElfcorehdrNotSane",
@@ -64,6 +65,8 @@ __all__ = [
     "parse_elfcorehdr_param",
     "process_ptload_program_headers_elf64",
     "read_vmcore_file",
+    "read_vmcore_files",
+    "sniff_format",
     "update_note_header_size_elf64",
     "write_vmcore",
 ]
@@ -429,7 +432,7 @@ class VmcoreFile:
     #: reads file bytes (offset, size); None reads ``path``
     reader: Callable[[int, int], bytes] | None = None
     dump_format: str = "ELF"
-    kdump: KdumpCompressed | None = None
+    kdump: KdumpCompressed | SplitDump | None = None
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "<bytes>") -> VmcoreFile:
@@ -649,6 +652,22 @@ def _open_stream(path: Path, source: str) -> tuple[BinaryIO, bool]:
     return src, False
 
 
+def sniff_format(path: Path) -> str:
+    """``ELF``, ``kdump-compressed``, ``flattened`` or ``unknown``, from the file's first bytes."""
+    if str(path) == "-":
+        return "unknown"
+    try:
+        with open_regular(path) as f:
+            head = f.read(MDF_HEADER.size)
+    except (InputFileError, OSError):
+        return "unknown"
+    if is_flattened(head):
+        return "flattened"
+    if head[:8] == KDUMP_SIGNATURE:
+        return KDUMP_FMT
+    return "ELF" if head[:4] == ELFMAG else "unknown"
+
+
 def read_vmcore_file(path: Path) -> VmcoreFile:
     """Open a vmcore in any format kdump writes (``-`` reads standard input): ELF whole or cut after
     its notes, kdump-compressed, or flattened; decode its notes; read nothing else yet.
@@ -662,6 +681,9 @@ def read_vmcore_file(path: Path) -> VmcoreFile:
     except InputFileError as e:
         raise ElfFormatError(e.what, offset=0, source=source) from None
     except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise ElfFormatError(f"no room in {tempfile.gettempdir()} for the file the stream is rebuilt into: "
+                                 "point TMPDIR at a larger directory", offset=0, source=source) from None
         raise ElfFormatError(f"cannot read: {e.strerror}", offset=0, source=source) from None
     src = _FileSource(f)
     prefix = "flattened " if flattened else ""
@@ -690,6 +712,26 @@ def read_vmcore_file(path: Path) -> VmcoreFile:
         raise
     except OSError as e:
         raise ElfFormatError(f"cannot read: {e.strerror}", offset=0, source=source) from None
+
+
+def read_vmcore_files(paths: list[Path]) -> VmcoreFile:
+    """One vmcore, or the parts of one ``makedumpfile --split`` dump given together (any order)."""
+    if len(paths) == 1:
+        return read_vmcore_file(paths[0])
+    if any(str(p) == "-" for p in paths):
+        raise ElfFormatError("standard input (-) takes one whole dump, not a part of a split one", offset=0,
+                             source="<stdin>")
+    files = [read_vmcore_file(p) for p in paths]
+    parts: list[KdumpCompressed] = []
+    for vf in files:
+        if not isinstance(vf.kdump, KdumpCompressed):
+            raise ElfFormatError(f"{vf.dump_format}: only kdump-compressed parts of a --split dump are read "
+                                 "together", offset=0, source=str(vf.path))
+        parts.append(vf.kdump)
+    split = SplitDump(parts)
+    first = files[[vf.kdump for vf in files].index(split.parts[0])]
+    return dataclasses.replace(first, path=Path(split.source), kdump=split,
+                               dump_format=f"{first.dump_format}, {len(parts)} --split parts")
 
 
 def _decode_notes(notes: Iterable[Note], source: str,

@@ -28,7 +28,7 @@ from crash_hotplug.makedumpfile.diskdump import (
     PageDesc,
 )
 
-__all__ = ["DUMP_LEVEL_BITS", "KdumpCompressed", "dump_level_text"]
+__all__ = ["DUMP_LEVEL_BITS", "KdumpCompressed", "SplitDump", "dump_level_text"]
 
 #: reads ``size`` bytes at ``offset`` (shorter at the end of the file)
 Reader = Callable[[int, int], bytes]
@@ -235,11 +235,14 @@ class KdumpCompressed:
         if not self.start_pfn <= pfn < self.end_pfn or not self.second.test(pfn):
             return None
         index = self.rank.rank(pfn) - self.rank.rank(self.start_pfn)
-        if self.incomplete and self.pd_offset + (index + 1) * PageDesc.SIZE > self.file_size:
-            return None
-        pd = self._desc(index, pfn)
-        if self.incomplete and pd.offset == 0:
-            return None
+        if self.incomplete:
+            # makedumpfile stopped writing: descriptors and data past where it stopped are not there
+            try:
+                pd = self._desc(index, pfn)
+            except DumpFormatError:
+                return None
+        else:
+            pd = self._desc(index, pfn)
         data = self.read(pd.offset, pd.size)
         if not pd.flags:
             return data
@@ -251,3 +254,84 @@ class KdumpCompressed:
             raise DumpFormatError(f"page of pfn {pfn:#x} does not decompress: {e}", fmt=FMT, offset=pd.offset,
                                   source=self.source) from None
 
+
+
+class SplitDump:
+    """The parts of one ``makedumpfile --split`` dump read as one: every part carries the same
+    headers and bitmaps and the pages of its own ``[start_pfn, end_pfn)``; together they cover
+    ``[0, max_mapnr)`` without overlap (``reassemble_dumpfile`` in makedumpfile puts them back the same way)."""
+
+    def __init__(self, parts: list[KdumpCompressed]) -> None:
+        parts = sorted(parts, key=lambda p: p.start_pfn)
+        first = parts[0]
+        for p in parts:
+            if not p.split:
+                raise DumpFormatError("not a part of a split dump (kdump_sub_header.split is 0): give split parts "
+                                      "together, or one whole dump", fmt=FMT, offset=first.block_size + 12,
+                                      source=p.source)
+            same = (p.max_mapnr, p.block_size, p.header.utsname, p.header.tv_sec, p.present_pages)
+            if same != (first.max_mapnr, first.block_size, first.header.utsname, first.header.tv_sec,
+                        first.present_pages):
+                raise DumpFormatError(f"not a part of the same dump as {first.source} (max_mapnr, block_size, "
+                                      "utsname, timestamp or 1st bitmap differ)", fmt=FMT, offset=0, source=p.source)
+        pos = 0
+        for p in parts:
+            if p.start_pfn != pos:
+                what = "overlaps the part before it" if p.start_pfn < pos else f"leaves pfns {pos:#x}-" \
+                    f"{p.start_pfn - 1:#x} in no part"
+                raise DumpFormatError(f"split part for pfns {p.start_pfn:#x}-{p.end_pfn:#x} {what}", fmt=FMT,
+                                      offset=first.block_size + 80, source=p.source)
+            pos = p.end_pfn
+        if pos != first.max_mapnr:
+            raise DumpFormatError(f"the parts end at pfn {pos:#x}, short of max_mapnr {first.max_mapnr:#x}: a part "
+                                  "is missing", fmt=FMT, offset=first.block_size + 88, source=parts[-1].source)
+        self.parts = parts
+        self.source = " ".join(p.source for p in parts)
+
+    @property
+    def block_size(self) -> int:
+        return self.parts[0].block_size
+
+    @property
+    def dump_level(self) -> int | None:
+        return self.parts[0].dump_level
+
+    @property
+    def incomplete(self) -> bool:
+        return any(p.incomplete for p in self.parts)
+
+    @property
+    def split(self) -> bool:
+        return False  # the parts together are the whole dump
+
+    @property
+    def start_pfn(self) -> int:
+        return 0
+
+    @property
+    def end_pfn(self) -> int:
+        return self.parts[0].max_mapnr
+
+    @property
+    def pd_offset(self) -> int:
+        return self.parts[0].pd_offset
+
+    @property
+    def warnings(self) -> list[str]:
+        return [w for p in self.parts for w in p.warnings]
+
+    def present_runs(self) -> Iterator[Run]:
+        return self.parts[0].present_runs()
+
+    def dumped_runs(self) -> Iterator[Run]:
+        for p in self.parts:
+            yield from p.dumped_runs()
+
+    def filtered_runs(self) -> Iterator[Run]:
+        return self.parts[0].filtered_runs()
+
+    def read_page(self, pfn: int) -> bytes | None:
+        for p in self.parts:
+            if p.start_pfn <= pfn < p.end_pfn:
+                return p.read_page(pfn)
+        return None
