@@ -122,6 +122,8 @@ def print_fdt_summary(s: FdtSummary, title: str) -> None:
 
 def print_summary(s: HeaderSummary, title: str) -> None:
     out.print(f"[bold]{title}[/bold]: {s.kind}, e_phnum {s.e_phnum}, header {s.used_size} bytes")
+    for w in s.warnings:
+        out.print(f"warning: {w}", markup=False, soft_wrap=True)
     t = Table(title="CPU notes", show_edge=False)
     for col in ("#", "cpu", "paddr", "size", "pid", "rip"):
         t.add_column(col, justify="right")
@@ -287,10 +289,14 @@ def elfcorehdr_diff(a: Path, b: Path, as_json: bool) -> None:
         for line in [] if as_json else lines:
             out.print(line, markup=False)
         sys.exit(1 if lines else 0)
-    d = diff_headers(summarize(read_core_file(a)), summarize(read_core_file(b)))
+    sa, sb = summarize(read_core_file(a)), summarize(read_core_file(b))
+    d = diff_headers(sa, sb)
+    warnings = [f"{f}: {w}" for f, s in ((a, sa), (b, sb)) for w in s.warnings]
     if as_json:
-        click.echo(json.dumps(d.to_json(), indent=1))
+        click.echo(json.dumps({**d.to_json(), "warnings": warnings}, indent=1))
         sys.exit(0 if d.empty else 1)
+    for w in warnings:
+        out.print(f"warning: {w}", markup=False, soft_wrap=True)
     if d.empty:
         out.print("no change in CPUs, memory, VMCOREINFO or kernel text")
         return
