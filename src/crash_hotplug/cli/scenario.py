@@ -60,7 +60,8 @@ def scenario_run(design: str, syscall: str, kernel: str, mem_gib: float, cpus: i
         _run_ppc64(root, fdt, steps_file, out_dir, kernel_memsz, initrd_size, not no_hotplug, as_json)
         return
     steps = SCRIPTED_STEPS if steps_file is None else load_steps(steps_file)
-    run = run_scenario(steps, design=design, syscall=syscall, kernel=kernel, mem_gib=mem_gib, cpus=cpus)
+    run = run_scenario(steps, design=design, syscall=syscall, kernel=kernel, mem_gib=mem_gib, cpus=cpus,
+                       source=None if steps_file is None else str(steps_file))
     if run.panic is None:
         raise ScenarioError("the steps end without a panic step")
     rep = run.audit(out_dir, write_vmcore=write_vmcore)
