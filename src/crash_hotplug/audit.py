@@ -32,12 +32,14 @@ from crash_hotplug.crash.core import CrashMem, crash_exclude_mem_range
 from crash_hotplug.crash.vmcore import PrstatusNote, VmcoreFile, read_vmcore_files
 from crash_hotplug.crash.x86_64 import SZ_1M
 from crash_hotplug.elf.constants import NT_PRSTATUS
+from crash_hotplug.elf.core import pt_load_problems
 from crash_hotplug.elf.notes import iter_notes
 from crash_hotplug.elf.prstatus import CRASH_CORE_NOTE_BYTES, USER_REGS
 from crash_hotplug.errors import ElfFormatError, SnapshotError
 from crash_hotplug.machine.physmem import MODEL_STATE_FILE, page_pattern
 from crash_hotplug.machine.resource import CRASH_KERNEL, walk_system_ram_res
 from crash_hotplug.makedumpfile.kdump import dump_level_text
+from crash_hotplug.snapshot.devicetree import is_ppc64_root, read_device_tree
 from crash_hotplug.snapshot.reader import CPU_DIR, MEM_DIR, read_cpulist, read_iomem
 from crash_hotplug.snapshot.root import FsRoot
 
@@ -193,6 +195,9 @@ class MachineAtPanic:
     offline_memory: tuple[Range, ...] | None
     crash_notes: dict[int, int]
     model: ModelState | None
+    #: ``ppc64le`` for a powerpc snapshot (crashkernel from the device tree, RTAS dumped, no
+    #: kernel-text PT_LOAD, the first 64 KiB read from the backup copy)
+    arch: str = "x86_64"
 
 
 def _memory_blocks_offline(root: FsRoot) -> tuple[Range, ...] | None:
@@ -220,11 +225,20 @@ def read_machine_at_panic(root_dir: Path) -> MachineAtPanic:
     system_ram = list(walk_system_ram_res(iomem))
     if not system_ram:
         raise SnapshotError(root.display("proc/iomem"), "has no System RAM")
-    crash = sorted((r.start, r.end) for r in iomem.find(CRASH_KERNEL))
+    ppc64 = is_ppc64_root(root)
+    dt = read_device_tree(root) if ppc64 else None
+    if dt is not None:
+        crash = [dt.crashk_res] if dt.crashk_res is not None else []
+    else:
+        crash = sorted((r.start, r.end) for r in iomem.find(CRASH_KERNEL))
     cmem = CrashMem(max_nr_ranges=len(system_ram) + 2 * len(crash) + 2, ranges=list(system_ram))
-    crash_exclude_mem_range(cmem, 0, SZ_1M - 1)
+    if not ppc64:
+        crash_exclude_mem_range(cmem, 0, SZ_1M - 1)
     for s, e in crash:
         crash_exclude_mem_range(cmem, s, e)
+    if dt is not None and dt.rtas is not None:
+        # powerpc dumps RTAS, inside the crashkernel region, as its own PT_LOAD (ranges.c)
+        cmem.ranges.append((dt.rtas[0], dt.rtas[0] + dt.rtas[1] - 1))
     notes = {
         cpu: root.read_int(f"{CPU_DIR}/cpu{cpu}/crash_notes", 16)
         for cpu in present
@@ -240,6 +254,7 @@ def read_machine_at_panic(root_dir: Path) -> MachineAtPanic:
         offline_memory=_memory_blocks_offline(root),
         crash_notes=notes,
         model=read_model_state(root),
+        arch="ppc64le" if ppc64 else "x86_64",
     )
 
 
@@ -250,7 +265,8 @@ def read_machine_at_panic(root_dir: Path) -> MachineAtPanic:
 @dataclass(frozen=True)
 class Finding:
     """One gap: ``kind`` is ``cpu-missing``, ``cpu-extra``, ``registers-differ``, ``memory-missing``,
-    ``memory-extra``, ``bytes-differ``, ``data-truncated`` or ``dump-part`` (one part of a split dump)."""
+    ``memory-extra``, ``bytes-differ``, ``data-truncated``, ``dump-part`` (one part of a split dump) or
+    ``pt-load-layout`` (PT_LOADs that overlap or are out of order: no kernel wrote them)."""
 
     kind: str
     message: str
@@ -570,7 +586,7 @@ def _check_memory(vf: VmcoreFile, m: MachineAtPanic, findings: list[Finding], no
         notes.append(f"written with {dump_level_text(level)}, which left out no page of this machine")
     text = vf.kernel_text
     kt = None if text is None else (text.vaddr, text.paddr, text.size)
-    if vf.core is not None and text is None:
+    if vf.core is not None and text is None and m.arch != "ppc64le":
         notes.append("the vmcore has no kernel-text PT_LOAD (tools that want the _text mapping will miss it)")
     elif text is not None and _subtract([(text.paddr, text.end)], dumped):
         notes.append(f"kernel text {text.paddr:#x}-{text.end:#x} is not inside the dumped RAM")
@@ -651,7 +667,10 @@ def _check_bytes(
 
 def audit_vmcore(vf: VmcoreFile, m: MachineAtPanic, *, samples: int = DEFAULT_SAMPLES, seed: int = 0) -> AuditReport:
     """Compare a vmcore with the machine at the panic."""
-    findings: list[Finding] = []
+    findings: list[Finding] = [
+        Finding("pt-load-layout", w)
+        for w in pt_load_problems((s.index, s.paddr, s.size) for s in vf.loads if not s.is_kernel_text)
+    ]
     notes: list[str] = []
     method, cpus = _check_cpus(vf, m, findings, notes)
     mem = _check_memory(vf, m, findings, notes)

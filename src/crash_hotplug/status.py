@@ -26,10 +26,11 @@ from crash_hotplug.crash.x86_64 import (
     prepare_elf_headers,
 )
 from crash_hotplug.elf.core import ElfCore
-from crash_hotplug.errors import CrashHotplugError
+from crash_hotplug.errors import CrashHotplugError, SnapshotError
 from crash_hotplug.facts import ABSENT, Lookup
 from crash_hotplug.legacy.udev import HotplugEvent, Probe, RuleSet, evaluate, load_rules
 from crash_hotplug.machine.kernel import KernelVersion
+from crash_hotplug.machine.sysfs_values import parse_decimal, parse_flag
 from crash_hotplug.snapshot.reader import CPU_DIR, MEM_DIR
 from crash_hotplug.snapshot.sos import HostRoot, open_root
 
@@ -140,6 +141,8 @@ class KdumpStatus:
 
 
 def _flag(host: HostRoot, rel: str) -> int | str | None:
+    """A 0/1 attribute: its value, "absent", or None when unknown. A value that is neither 0 nor 1
+    (``0x1``, ``1\\0``, garbage) is not a kernel's: :class:`SnapshotError`, never a guessed "no"."""
     got = host.lookup(rel)
     if got is None:
         return None
@@ -147,14 +150,21 @@ def _flag(host: HostRoot, rel: str) -> int | str | None:
         return "absent"
     assert isinstance(got, str)
     try:
-        return int(got.strip())
-    except ValueError:
-        return None
+        return int(parse_flag(got))
+    except ValueError as e:
+        raise SnapshotError(host.fs.display(rel), str(e).removeprefix("flag: ")) from None
 
 
 def _int(host: HostRoot, rel: str) -> int | None:
-    v = _flag(host, rel)
-    return v if isinstance(v, int) else None
+    """An unsigned decimal attribute (``%zu``/``%u``), or None when absent or unknown; ``-1`` or
+    anything else that is not a kernel's is :class:`SnapshotError`."""
+    got = host.lookup(rel)
+    if not isinstance(got, str):
+        return None
+    try:
+        return parse_decimal(got)
+    except ValueError as e:
+        raise SnapshotError(host.fs.display(rel), str(e).removeprefix("value: ")) from None
 
 
 def _probe(host: HostRoot) -> Probe:
@@ -196,7 +206,12 @@ def kdump_status(root_dir: Path) -> KdumpStatus:
     )
     loaded = _flag(host, "sys/kernel/kexec_crash_loaded")
     st.crash_loaded = None if not isinstance(loaded, int) else bool(loaded)
-    if loaded is None or loaded == "absent":
+    if loaded == "absent":
+        st.crash_loaded = False
+        st.risks.append(Risk("no-kexec", "the kernel has no /sys/kernel/kexec_crash_loaded (no CONFIG_KEXEC_CORE): "
+                             "no crash kernel can be loaded, a panic is never dumped",
+                             "run a kernel built with CONFIG_KEXEC_CORE and CONFIG_CRASH_DUMP"))
+    elif loaded is None:
         st.unknown.append(f"whether a crash kernel is loaded: {host.why_unknown('sys/kernel/kexec_crash_loaded')}")
     st.kernel_has_crash_hotplug = _has_crash_hotplug(host, st, release)
     _header(host, st)
@@ -263,7 +278,7 @@ def _verdicts(st: KdumpStatus, subsystem: str) -> dict[str, bool | None]:
 
 
 def _risks(host: HostRoot, st: KdumpStatus) -> None:
-    if st.crash_loaded is False:
+    if st.crash_loaded is False and not any(r.code == "no-kexec" for r in st.risks):
         st.risks.append(Risk("not-loaded", "no crash kernel is loaded (/sys/kernel/kexec_crash_loaded is 0): a panic "
                              "now is not dumped", "load one: kdumpctl start, kdump-config load, or systemctl start "
                              "kdump"))

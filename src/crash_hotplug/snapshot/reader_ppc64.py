@@ -21,12 +21,14 @@ from typing import Final
 
 from crash_hotplug.errors import SnapshotError
 from crash_hotplug.machine.kernel import KernelConfig, KernelState
+from crash_hotplug.machine.resource import walk_system_ram_res
 from crash_hotplug.snapshot.devicetree import PpcDeviceTree, read_device_tree
 from crash_hotplug.snapshot.reader import (
     CPU_DIR,
     _kallsyms,
     _kcore_loads,
     _vmcoreinfo,
+    check_crash_notes,
     read_cpulist,
     read_iomem,
     read_kernel_version,
@@ -82,10 +84,12 @@ def read_kernel_state_ppc64(root_dir: Path, *, kernel_version: str | None = None
             root.display(CPU_DIR), "CPU masks must satisfy online <= present <= possible, possible non-empty"
         )
     config = _config(root, kernel_version, len(possible))
-    notes, note_size = _crash_notes(root, possible)
-    vmci_paddr, vmci_size = _vmcoreinfo(root)
-    syms = _kallsyms(root)
     iomem = read_iomem(root)
+    ram = walk_system_ram_res(iomem)
+    notes, note_size = _crash_notes(root, possible)
+    check_crash_notes(notes, note_size, ram, lambda cpu: root.display(f"{CPU_DIR}/cpu{cpu}/crash_notes"))
+    vmci_paddr, vmci_size = _vmcoreinfo(root, ram)
+    syms = _kallsyms(root)
     dt = read_device_tree(root)
     loads = _kcore_loads(root)
     for ph in loads or []:
