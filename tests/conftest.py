@@ -84,6 +84,45 @@ def last_rebuild_step(step: VectorStep) -> VectorStep:
 needs_vectors = pytest.mark.skipif(VECTORS is None, reason="../shared/vectors not found beside the repository")
 
 
+def ppc64_vectors_dir() -> Path | None:
+    """../shared/vectors-ppc64 (or $CRASH_HOTPLUG_VECTORS_PPC64), read in place."""
+    env = os.environ.get("CRASH_HOTPLUG_VECTORS_PPC64")
+    for cand in ([Path(env)] if env else []) + [REPO.parent / "shared" / "vectors-ppc64"]:
+        if (cand / "README.md").is_file():
+            return cand.resolve()
+    return None
+
+
+VECTORS_PPC64 = ppc64_vectors_dir()
+
+
+@dataclass(frozen=True)
+class Ppc64Step(VectorStep):
+    """One step of a ppc64le capture: the header, the crash kernel's FDT, the snapshot."""
+
+    @property
+    def fdt(self) -> bytes:
+        return (self.path / "crash-fdt.dtb").read_bytes()
+
+
+def ppc64_scenarios() -> list[Path]:
+    if VECTORS_PPC64 is None:
+        return []
+    return sorted(p.parent for p in VECTORS_PPC64.glob("*/*/scenario.json"))
+
+
+def ppc64_steps(scenario: Path | None = None) -> list[Ppc64Step]:
+    out = []
+    for scen in [scenario] if scenario is not None else ppc64_scenarios():
+        for s in sorted(scen.glob("S*"), key=lambda p: int(p.name[1:])):
+            out.append(Ppc64Step(scen.parent.name, scen.name, s.name, s))
+    return out
+
+
+needs_ppc64_vectors = pytest.mark.skipif(VECTORS_PPC64 is None,
+                                         reason="../shared/vectors-ppc64 not found beside the repository")
+
+
 @pytest.fixture(scope="session")
 def model_dumps() -> Iterator[ModelDumps]:
     """Model vmcores of :data:`tests.makedumpfile_cases.MODEL_DUMP_CASES` by name, made on first use

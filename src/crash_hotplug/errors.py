@@ -8,6 +8,8 @@ from __future__ import annotations
 __all__ = [
     "CrashHotplugError",
     "ElfFormatError",
+    "FdtFormatError",
+    "InputFileError",
     "SnapshotError",
 ]
 
@@ -32,6 +34,29 @@ class ElfFormatError(CrashHotplugError):
     def with_source(self, source: str) -> ElfFormatError:
         """The same error, naming the file it came from."""
         return ElfFormatError(self.what, offset=self.offset, source=source)
+
+
+class FdtFormatError(CrashHotplugError):
+    """A truncated or inconsistent flattened device tree blob (same fields as :class:`ElfFormatError`)."""
+
+    def __init__(self, what: str, *, offset: int, source: str = "<bytes>") -> None:
+        self.what = what
+        self.offset = offset
+        self.source = source
+        super().__init__(f"{source}: at offset {offset:#x}: {what}")
+
+
+class InputFileError(CrashHotplugError):
+    """A file the user named that cannot be read within bounds: missing, unreadable, not a regular
+    file (a FIFO, socket, device or directory), larger than its format allows, or short.
+
+    ``path`` names the file, ``what`` says what was wrong (see :mod:`crash_hotplug.fileio`).
+    """
+
+    def __init__(self, path: str, what: str) -> None:
+        self.path = path
+        self.what = what
+        super().__init__(f"{path}: {what}")
 
 
 class SnapshotError(CrashHotplugError):

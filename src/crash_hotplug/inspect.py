@@ -91,7 +91,7 @@ def summarize(core: ElfCore, *, note_owners: Mapping[int, int] | None = None,
         kind="elfcorehdr" if raw else "vmcore",
         e_phnum=core.ehdr.e_phnum,
         used_size=core.used_size,
-        file_size=len(core.data),
+        file_size=core.size,
         reserved_size=reserved_size if raw else None,
     )
     owners = dict(note_owners or {})

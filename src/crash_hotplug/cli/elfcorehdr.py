@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import click
 from rich.table import Table
 
-from crash_hotplug.cli.common import PAGE_SIZE, fails_cleanly, out, root_option, size_text
+from crash_hotplug.cli.common import PAGE_SIZE, fails_cleanly, out, output_file, root_option, size_text, write_output
 from crash_hotplug.crash.x86_64 import crash_load_segments_memsz, prepare_elf_headers
 from crash_hotplug.elf.core import read_core_file
 from crash_hotplug.inspect import HeaderSummary, diff_headers, summarize
@@ -24,14 +25,14 @@ def elfcorehdr() -> None:
 
 @elfcorehdr.command("build")
 @root_option
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True, callback=output_file)
 @click.option("--kernel-version", help="Build as this kernel version would (default: the snapshot's osrelease).")
 @fails_cleanly
 def elfcorehdr_build(root: Path, output: Path, kernel_version: str | None) -> None:
     """Write the elfcorehdr the kernel of ROOT builds for kexec_file_load (x86_64)."""
     state = read_kernel_state(root, kernel_version=kernel_version)
     buf, nr = prepare_elf_headers(state)
-    output.write_bytes(buf)
+    write_output(output, buf)
     memsz = crash_load_segments_memsz(state.config, len(buf), nr)
     out.print(
         f"{output}: {len(buf)} bytes, {len(state.header_cpus)} CPU notes, {nr} memory ranges; "
@@ -95,7 +96,7 @@ def elfcorehdr_show(file: Path, root: Path | None, segment_size: int | None, as_
         memsz = crash_load_segments_memsz(state.config, len(buf), nr)
         reserved = -(-memsz // PAGE_SIZE) * PAGE_SIZE
     if reserved is None and core.is_raw_elfcorehdr:
-        reserved = len(core.data)
+        reserved = core.size
     s = summarize(core, note_owners=_owners(root, None), reserved_size=reserved)
     if as_json:
         click.echo(json.dumps(s.to_json(), indent=1))
@@ -109,11 +110,12 @@ def elfcorehdr_show(file: Path, root: Path | None, segment_size: int | None, as_
 @click.option("--json", "as_json", is_flag=True)
 @fails_cleanly
 def elfcorehdr_diff(a: Path, b: Path, as_json: bool) -> None:
-    """Say what changed from A to B: CPUs added/removed, ranges added/removed/resized."""
+    """Say what changed from A to B: CPUs added/removed, ranges added/removed/resized.
+    Exit 0 when they describe the same machine, 1 when they differ (as diff(1) does), 2 on bad input."""
     d = diff_headers(summarize(read_core_file(a)), summarize(read_core_file(b)))
     if as_json:
         click.echo(json.dumps(d.to_json(), indent=1))
-        return
+        sys.exit(0 if d.empty else 1)
     if d.empty:
         out.print("no change in CPUs, memory, VMCOREINFO or kernel text")
         return
@@ -131,3 +133,4 @@ def elfcorehdr_diff(a: Path, b: Path, as_json: bool) -> None:
         out.print("~ VMCOREINFO note moved or resized")
     if d.kernel_text_changed:
         out.print("~ kernel text mapping changed")
+    sys.exit(1)

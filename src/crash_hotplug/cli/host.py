@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
 
 import click
+from rich.markup import escape
 
-from crash_hotplug.cli.common import fails_cleanly, out, root_option, size_text
+from crash_hotplug.cli.common import fails_cleanly, out, output_empty_dir, root_option, size_text
 from crash_hotplug.snapshot.writer import write_snapshot
 from crash_hotplug.status import kdump_status
 
@@ -17,49 +19,61 @@ __all__ = ["snapshot", "status"]
 
 @click.command()
 @root_option
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @fails_cleanly
 def status(root: Path, as_json: bool) -> None:
-    """Is a crash kernel loaded, does the kernel update it on hotplug, is the buffer big enough,
-    and would an installed udev rule still unload-then-reload on hotplug?"""
+    """Will kdump on ROOT (a live host, a snapshot, a sosreport) dump a panic that follows CPU or
+    memory hotplug? One line per risk with its cause and its fix.
+
+    Exit 0: a crash kernel is loaded and stays true across CPU and memory hotplug; 1: at risk, or a
+    fact needed to say so is unknown (each listed); 2: unusable input."""
     st = kdump_status(root)
     if as_json:
         click.echo(json.dumps(st.to_json(), indent=1))
-        return
+        sys.exit(st.exit_status)
 
-    def flag(v: int | bool | None, absent: str) -> str:
-        return absent if v is None else ("yes" if v else "no")
+    def flag(v: int | str | bool | None) -> str:
+        if v is None:
+            return "unknown"
+        if v == "absent":
+            return "no (attribute absent: kernel without CONFIG_CRASH_HOTPLUG)"
+        return "yes" if v == 1 or v is True else "no"
 
-    out.print(f"kernel {st.kernel_release or '?'} (root {st.root})")
-    out.print(f"crash kernel loaded: {flag(st.crash_loaded, 'unknown (no /sys/kernel/kexec_crash_loaded)')}")
+    say = functools.partial(out.print, markup=False, soft_wrap=True)
+    say(f"kernel {st.kernel_release or 'unknown'} ({st.root_kind} {st.root})")
+    say(f"crash kernel loaded: {flag(st.crash_loaded)}")
     if st.crash_size is not None:
-        out.print(f"crashkernel reservation: {size_text(st.crash_size)}")
-    absent = "no (attribute absent: kernel without CONFIG_CRASH_HOTPLUG)"
-    out.print(f"kernel updates the header on CPU hotplug: {flag(st.cpu_crash_hotplug, absent)}")
-    out.print(f"kernel updates the header on memory hotplug: {flag(st.memory_crash_hotplug, absent)}")
+        say(f"crashkernel reservation: {size_text(st.crash_size)}")
+    say(f"kernel updates the header on CPU hotplug: {flag(st.cpu_crash_hotplug)}")
+    say(f"kernel updates the header on memory hotplug: {flag(st.memory_crash_hotplug)}")
     if st.header_used is not None:
-        out.print(
-            f"elfcorehdr for this machine: {st.header_used} bytes used ({st.header_ranges} memory ranges), "
+        say(f"elfcorehdr for this machine: {st.header_used} bytes used ({st.header_ranges} memory ranges), "
             f"buffer {st.header_bufsz}; segment reserved {st.segment_memsz} bytes -> room for "
-            f"{st.headroom_phdrs} more program headers"
-        )
+            f"{st.headroom_phdrs} more program headers")
     if st.sysfs_elfcorehdr_size:
-        out.print(f"/sys/kernel/crash_elfcorehdr_size: {st.sysfs_elfcorehdr_size}")
-    reloading = [v for v in st.udev if v.reloads]
-    if reloading:
-        out.print("[yellow]udev would unload-then-reload kdump on:[/yellow] "
-                  + ", ".join(f"{v.subsystem} {v.action}" for v in reloading))
-        for v in reloading[:1]:
-            for line in v.by:
-                out.print(f"  {line}", markup=False)
-    else:
-        out.print("udev: no installed rule reloads kdump on CPU or memory hotplug")
-    for p in st.problems:
-        out.print(f"[red]problem:[/red] {p}")
+        say(f"/sys/kernel/crash_elfcorehdr_size: {st.sysfs_elfcorehdr_size}")
+    say(f"udev rule files: {len(st.udev_rule_files)}" + (f" ({len(st.udev_overridden)} hidden or masked)"
+                                                          if st.udev_overridden else ""))
+    for v in st.udev:
+        verdict = {True: "reloads kdump", False: "no reload", None: "unknown"}[v.reloads]
+        by = f" ({v.by[0]})" if v.by and v.reloads is not False else ""
+        say(f"  udev {v.subsystem} {v.action}: {verdict}{by}")
+    for n in st.notes:
+        say(f"note: {n}")
+    for u in st.unknown:
+        say(f"unknown: {u}")
+    for r in st.risks:
+        out.print(f"[red]risk:[/red] {escape(r.line())}", soft_wrap=True)
+    tail = {"safe": "[green]safe[/green]: kdump stays true across CPU and memory hotplug",
+            "at risk": f"[red]at risk[/red]: {len(st.risks)} risk(s)",
+            "unknown": "[yellow]not known to be safe[/yellow]: see the unknowns above"}[st.verdict]
+    out.print(f"verdict: {tail}")
+    sys.exit(st.exit_status)
 
 
 @click.command()
-@click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), required=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), required=True,
+              callback=output_empty_dir)
 @root_option
 @fails_cleanly
 def snapshot(output: Path, root: Path) -> None:

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 from rich.console import Console
 
+from crash_hotplug.cli.common import output_dir
 from crash_hotplug.errors import CrashHotplugError
 from crash_hotplug.lab.errors import LabError
 
@@ -24,7 +25,8 @@ def lab() -> None:
 @lab.command("run")
 @click.argument("scenario")
 @click.option("--kernel", "kernel_key", required=True, help="6.1, 6.12, 6.12-bpo, 6.12.43, 6.1.0-N or 6.12.N")
-@click.option("--out", "out", type=click.Path(path_type=Path), default=None, help="run directory")
+@click.option("--out", "out", type=click.Path(path_type=Path), default=None, help="run directory",
+              callback=output_dir)
 @click.option(
     "--accel",
     type=click.Choice(["auto", "kvm", "tcg"]),

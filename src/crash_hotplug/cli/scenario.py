@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from crash_hotplug.cli.audit import render_report
-from crash_hotplug.cli.common import fails_cleanly, out
+from crash_hotplug.cli.common import fails_cleanly, out, output_dir
 from crash_hotplug.scenario import SCENARIO_DESIGNS, SCRIPTED_STEPS, ScenarioError, load_steps, run_scenario
 
 __all__ = ["scenario"]
@@ -31,6 +31,7 @@ def scenario() -> None:
               help="JSON list of steps (default: the scripted run: 2 x 1 GiB DIMMs, 2 CPUs, offline one, "
                    "remove a DIMM, add 2 GiB, panic).")
 @click.option("-o", "--out", "out_dir", type=click.Path(path_type=Path, file_okay=False), required=True,
+              callback=output_dir,
               help="Directory for the machine at the panic (root/) and, with --write-vmcore, the vmcore.")
 @click.option("--write-vmcore", is_flag=True, help="Also write the whole vmcore (as large as the machine's RAM).")
 @click.option("--json", "as_json", is_flag=True)

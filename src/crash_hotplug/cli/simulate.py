@@ -12,7 +12,7 @@ import click
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from crash_hotplug.cli.common import err, fails_cleanly, out
+from crash_hotplug.cli.common import err, fails_cleanly, out, output_file, write_output
 from crash_hotplug.errors import CrashHotplugError
 from crash_hotplug.sim.costs import CostModel
 from crash_hotplug.sim.engine import APPROACHES
@@ -105,7 +105,7 @@ def _options(fn: F) -> F:
     fn = click.option("--costs", "costs_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
                       help="JSON file of measured step costs that replace the defaults.")(fn)
     fn = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(fn)
-    fn = click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None,
+    fn = click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None, callback=output_file,
                       help="Write the timeline of every approach to this PNG.")(fn)
     return fn
 
@@ -166,7 +166,7 @@ def replay(log: Path, boot: str, approaches: tuple[str, ...], panics: int, seed:
 
 @simulate.command("convert-udev")
 @click.argument("monitor", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True, callback=output_file)
 @fails_cleanly
 def convert_udev(monitor: Path, output: Path) -> None:
     """Turn ``udevadm monitor --property`` output into a uevent log for replay."""
@@ -175,5 +175,5 @@ def convert_udev(monitor: Path, output: Path) -> None:
     except OSError as e:
         raise CrashHotplugError(f"{monitor}: cannot read: {e.strerror}") from None
     records = convert_udevadm_monitor(text)
-    output.write_text("".join(json.dumps(r) + "\n" for r in records))
+    write_output(output, "".join(json.dumps(r) + "\n" for r in records))
     out.print(f"{output}: {len(records)} CPU and memory uevents")

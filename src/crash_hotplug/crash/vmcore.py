@@ -35,7 +35,8 @@ from crash_hotplug.elf.notes import pad4
 from crash_hotplug.elf.prstatus import ElfPrstatus
 from crash_hotplug.elf.structs import EHDR, NHDR, PHDR, Elf64_Ehdr, Elf64_Phdr
 from crash_hotplug.elf.vmcoreinfo import VMCOREINFO_NOTE_NAME, parse_vmcoreinfo
-from crash_hotplug.errors import CrashHotplugError, ElfFormatError
+from crash_hotplug.errors import CrashHotplugError, ElfFormatError, InputFileError
+from crash_hotplug.fileio import open_regular
 from crash_hotplug.machine.kernel import START_KERNEL_MAP, KernelVersion
 from crash_hotplug.machine.physmem import PAGE_SIZE, MemoryReader
 
@@ -452,7 +453,11 @@ class VmcoreFile:
         if self.reader is not None:
             data = self.reader(off, size)
             return data if len(data) == size else None
-        with self.path.open("rb") as f:
+        try:
+            f = open_regular(self.path)
+        except InputFileError:
+            return None
+        with f:
             f.seek(off)
             data = f.read(size)
         return data if len(data) == size else None
@@ -497,9 +502,11 @@ def read_vmcore_file(path: Path) -> VmcoreFile:
     """
     source = str(path)
     try:
-        with path.open("rb") as f:
+        with open_regular(path) as f:
             head = _read_head(f, source)
             size = f.seek(0, 2)
+    except InputFileError as e:
+        raise ElfFormatError(e.what, offset=0, source=source) from None
     except OSError as e:
         raise ElfFormatError(f"cannot read: {e.strerror}", offset=0, source=source) from None
     return _decode(path, head, size)

@@ -22,9 +22,14 @@ from crash_hotplug.elf.constants import (
 )
 from crash_hotplug.elf.notes import Note, iter_notes
 from crash_hotplug.elf.structs import Elf64_Ehdr, Elf64_Phdr
-from crash_hotplug.errors import ElfFormatError
+from crash_hotplug.errors import ElfFormatError, InputFileError
+from crash_hotplug.fileio import file_size, open_regular, read_at
 
-__all__ = ["ElfCore", "read_core_file"]
+__all__ = ["MAX_NOTES_BYTES", "ElfCore", "read_core_file"]
+
+#: the most PT_NOTE bytes :func:`read_core_file` reads from a vmcore: 8192 CPUs' NT_PRSTATUS
+#: (336 bytes each) and VMCOREINFO come to about 3 MiB
+MAX_NOTES_BYTES = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,13 @@ class ElfCore:
     ehdr: Elf64_Ehdr
     phdrs: tuple[Elf64_Phdr, ...]
     source: str = "<bytes>"
+    #: size of the file the header came from when only its head was read (None: ``len(data)``)
+    file_size: int | None = None
+
+    @property
+    def size(self) -> int:
+        """Bytes in the file (or buffer) the header came from."""
+        return len(self.data) if self.file_size is None else self.file_size
 
     @classmethod
     def parse(cls, data: bytes, source: str = "<bytes>") -> ElfCore:
@@ -120,9 +132,36 @@ class ElfCore:
 
 
 def read_core_file(path: Path) -> ElfCore:
-    """Parse the ELF core at ``path``; an unreadable file is an :class:`ElfFormatError` too."""
+    """Parse the ELF core at ``path`` reading by offset: the ELF header, the program headers and,
+    for a vmcore, its notes; never the memory data, so memory use is independent of the file's size.
+
+    A missing, unreadable or non-regular file (a FIFO, device, directory) is an
+    :class:`ElfFormatError` too.
+    """
+    source = str(path)
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ElfFormatError(f"cannot read: {e.strerror}", offset=0, source=str(path)) from None
-    return ElfCore.parse(data, str(path))
+        with open_regular(path) as f:
+            size = file_size(f)
+            head = f.read(Elf64_Ehdr.SIZE)
+            if len(head) < Elf64_Ehdr.SIZE or head[:4] != ELFMAG:
+                return ElfCore.parse(head, source)  # raises, naming what is wrong
+            ehdr = Elf64_Ehdr.unpack(head, 0)
+            phend = ehdr.e_phoff + ehdr.e_phnum * Elf64_Phdr.SIZE
+            if phend > size:
+                raise ElfFormatError(
+                    f"e_phnum {ehdr.e_phnum} program headers at e_phoff {ehdr.e_phoff:#x} end at {phend:#x}, "
+                    f"past the end of the file ({size:#x} bytes)",
+                    offset=56, source=source,
+                )
+            head = read_at(f, 0, max(phend, Elf64_Ehdr.SIZE), source=source, what="program headers")
+            core = ElfCore.parse(head, source)
+            if core.is_raw_elfcorehdr:
+                return ElfCore(head, core.ehdr, core.phdrs, source, size)
+            note_end = max((p.p_offset + p.p_filesz for p in core.notes_phdrs), default=phend)
+            if note_end > size or note_end - phend > MAX_NOTES_BYTES:
+                # notes() names the bad PT_NOTE against the bytes read when it is asked for
+                return ElfCore(head, core.ehdr, core.phdrs, source, size)
+            data = read_at(f, 0, max(note_end, len(head)), source=source, what="notes")
+            return ElfCore(data, core.ehdr, core.phdrs, source, size)
+    except InputFileError as e:
+        raise ElfFormatError(e.what, offset=0, source=source) from None

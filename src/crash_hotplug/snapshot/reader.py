@@ -52,8 +52,9 @@ __all__ = [
 CPU_DIR = "sys/devices/system/cpu"
 MEM_DIR = "sys/devices/system/memory"
 DMESG = "var/log/dmesg"
-#: udev rule directories under a root, highest priority first
-RULE_DIRS = ("etc/udev/rules.d", "run/udev/rules.d", "usr/lib/udev/rules.d", "lib/udev/rules.d")
+#: udev rule directories under a root, highest priority first (systemd's ``CONF_PATHS("udev/rules.d")``)
+RULE_DIRS = ("etc/udev/rules.d", "run/udev/rules.d", "usr/local/lib/udev/rules.d", "usr/lib/udev/rules.d",
+             "lib/udev/rules.d")
 
 
 def read_cpulist(root: FsRoot, name: str) -> tuple[int, ...]:
@@ -167,15 +168,18 @@ def _vmcoreinfo(root: FsRoot) -> tuple[int, int]:
 
 
 def _kallsyms(root: FsRoot) -> dict[str, int]:
+    """``_text`` and ``_end`` from ``/proc/kallsyms``, read line by line until both are found."""
     rel = "proc/kallsyms"
     out: dict[str, int] = {}
-    for line in root.read_text(rel).splitlines():
+    for lineno, line in root.iter_lines(rel):
         parts = line.split()
         if len(parts) >= 3 and parts[2] in ("_text", "_end") and parts[2] not in out:
             try:
                 out[parts[2]] = int(parts[0], 16)
             except ValueError:
-                raise SnapshotError(root.display(rel), f"bad address in {line!r}") from None
+                raise SnapshotError(root.display(rel), f"line {lineno}: bad address in {line[:80]!r}") from None
+            if len(out) == 2:
+                break
     for sym in ("_text", "_end"):
         if sym not in out:
             raise SnapshotError(root.display(rel), f"has no {sym} symbol")
@@ -184,25 +188,30 @@ def _kallsyms(root: FsRoot) -> dict[str, int]:
     return out
 
 
+#: program headers of ``/proc/kcore`` fit here (one per RAM range, vmalloc, vmemmap, modules, text)
+_KCORE_HEAD = 1 << 20
+
+
 def _kcore_loads(root: FsRoot) -> list[Elf64_Phdr] | None:
     rel = "proc/kcore"
     if not root.exists(rel):
         return None
-    p = root.file(rel)
+    with root.open(rel) as f:
+        try:
+            head = f.read(_KCORE_HEAD)
+        except OSError as e:
+            raise SnapshotError(root.display(rel), f"cannot read: {e.strerror}") from None
     try:
-        with p.open("rb") as f:
-            head = f.read(65536)
-    except OSError as e:
-        raise SnapshotError(str(p), f"cannot read: {e.strerror}") from None
-    try:
-        return ElfCore.parse(head, str(p)).load_phdrs
+        return ElfCore.parse(head, root.display(rel)).load_phdrs
     except ElfFormatError as e:
-        raise SnapshotError(str(p), f"program headers unreadable: {e.what} at offset {e.offset:#x}") from None
+        raise SnapshotError(
+            root.display(rel), f"program headers unreadable: {e.what} at offset {e.offset:#x}"
+        ) from None
 
 
-def read_kernel_state(root_dir: Path, *, kernel_version: str | None = None) -> KernelState:
+def read_kernel_state(root_dir: Path | FsRoot, *, kernel_version: str | None = None) -> KernelState:
     """The kernel state the files under ``root_dir`` describe; :class:`SnapshotError` on bad input."""
-    root = FsRoot(Path(root_dir))
+    root = root_dir if isinstance(root_dir, FsRoot) else FsRoot(Path(root_dir))
     version = read_kernel_version(root, kernel_version)
     config = read_kernel_config(root, version, version_overridden=kernel_version is not None)
     possible = read_cpulist(root, "possible")
