@@ -5,32 +5,39 @@ the panic). Three questions:
 
 * CPU contexts: every CPU online at the panic should have an NT_PRSTATUS note; an offline CPU
   has none (its ``crash_notes`` buffer stays zero and ``/proc/vmcore`` drops it).
-* Memory: the vmcore's RAM PT_LOADs against the System RAM of ``/proc/iomem`` minus the low
-  1 MiB and the crashkernel regions (what ``arch/x86/kernel/crash.c: prepare_elf_headers`` would
-  list). Offline memory blocks that were dumped are noted, not counted as a gap: upstream keeps
-  them, since iomem still lists them.
+* Memory: the dump's memory map -- the RAM PT_LOADs of an ELF vmcore, or the 1st bitmap of a
+  kdump-compressed one (the pages that existed in the PT_LOADs makedumpfile read) -- against the
+  System RAM of ``/proc/iomem`` minus the low 1 MiB and the crashkernel regions (what
+  ``arch/x86/kernel/crash.c: prepare_elf_headers`` would list). Pages the map lists but the file
+  does not hold (``p_filesz`` short of ``p_memsz``, or in the 1st bitmap and not the 2nd) were
+  filtered by the dump level: a note, never missing memory. Offline memory blocks that were dumped
+  are noted, not counted as a gap: upstream keeps them, since iomem still lists them.
 * Bytes: with memory data in the file and a model machine's ``machine.json`` (its
-  ``memory_pattern_seed``), sampled pages must hold :func:`~crash_hotplug.machine.physmem.page_pattern`.
+  ``memory_pattern_seed``), sampled dumped pages must hold :func:`~crash_hotplug.machine.physmem.page_pattern`.
+
+Every format gets the same verdict as the ELF it was made from; a bitmap is compared page by page
+(the System RAM ranges rounded out to whole pages).
 """
 
 from __future__ import annotations
 
-import bisect
 import json
 import random
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
 
 from crash_hotplug.crash.core import CrashMem, crash_exclude_mem_range
-from crash_hotplug.crash.vmcore import PrstatusNote, VmcoreFile, read_vmcore_file
+from crash_hotplug.crash.vmcore import PrstatusNote, VmcoreFile, read_vmcore_files
 from crash_hotplug.crash.x86_64 import SZ_1M
 from crash_hotplug.elf.constants import NT_PRSTATUS
 from crash_hotplug.elf.notes import iter_notes
 from crash_hotplug.elf.prstatus import CRASH_CORE_NOTE_BYTES, USER_REGS
 from crash_hotplug.errors import ElfFormatError, SnapshotError
-from crash_hotplug.machine.physmem import MODEL_STATE_FILE, PAGE_SIZE, page_pattern
+from crash_hotplug.machine.physmem import MODEL_STATE_FILE, page_pattern
 from crash_hotplug.machine.resource import CRASH_KERNEL, walk_system_ram_res
+from crash_hotplug.makedumpfile.kdump import dump_level_text
 from crash_hotplug.snapshot.reader import CPU_DIR, MEM_DIR, read_cpulist, read_iomem
 from crash_hotplug.snapshot.root import FsRoot
 
@@ -243,7 +250,7 @@ def read_machine_at_panic(root_dir: Path) -> MachineAtPanic:
 @dataclass(frozen=True)
 class Finding:
     """One gap: ``kind`` is ``cpu-missing``, ``cpu-extra``, ``registers-differ``, ``memory-missing``,
-    ``memory-extra``, ``bytes-differ`` or ``data-truncated``."""
+    ``memory-extra``, ``bytes-differ``, ``data-truncated`` or ``dump-part`` (one part of a split dump)."""
 
     kind: str
     message: str
@@ -273,14 +280,25 @@ class CpuRow:
         }
 
 
+#: filtered ranges a report lists (the count and size cover all of them)
+FILTERED_SHOWN: Final = 16
+
+
 @dataclass(frozen=True)
 class MemoryCheck:
+    """``dumped``: the dump's memory map (RAM PT_LOADs, or the 1st bitmap); ``filtered``: the first
+    :data:`FILTERED_SHOWN` of its ranges whose bytes the file leaves out (``filtered_bytes`` in all)."""
+
     dumped: list[Range]
     expected: list[Range]
     missing: list[Range]
     extra: list[Range]
     offline_dumped: list[Range] | None
     kernel_text: tuple[int, int, int] | None  # vaddr, paddr, size
+    filtered: list[Range] = field(default_factory=list)
+    filtered_bytes: int = 0
+    filtered_ranges: int = 0
+    dump_level: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         kt = self.kernel_text
@@ -291,6 +309,10 @@ class MemoryCheck:
             "extra": _hex_ranges(self.extra),
             "offline_dumped": None if self.offline_dumped is None else _hex_ranges(self.offline_dumped),
             "kernel_text": None if kt is None else {"vaddr": f"{kt[0]:#x}", "paddr": f"{kt[1]:#x}", "size": kt[2]},
+            "filtered": _hex_ranges(self.filtered),
+            "filtered_bytes": self.filtered_bytes,
+            "filtered_ranges": self.filtered_ranges,
+            "dump_level": self.dump_level,
         }
 
 
@@ -315,6 +337,7 @@ class ByteCheck:
 class AuditReport:
     vmcore: str
     root: str
+    dump_format: str
     vmcoreinfo: dict[str, str]
     file_size: int
     data_end: int
@@ -338,6 +361,7 @@ class AuditReport:
         return {
             "vmcore": self.vmcore,
             "root": self.root,
+            "format": self.dump_format,
             "complete": self.complete,
             "exit_status": self.exit_status,
             "vmcoreinfo": self.vmcoreinfo,
@@ -496,12 +520,22 @@ def _size(n: int) -> str:
     return f"{n:#x} bytes"
 
 
+def _to_pages(ranges: list[Range], ps: int) -> list[Range]:
+    """Ranges rounded out to whole pages (how a page bitmap sees them)."""
+    return _merge([(s // ps * ps, (e // ps + 1) * ps - 1) for s, e in ranges])
+
+
 def _check_memory(vf: VmcoreFile, m: MachineAtPanic, findings: list[Finding], notes: list[str]) -> MemoryCheck:
-    dumped = _merge([(s.paddr, s.end) for s in vf.ram_loads if s.size > 0])
+    dumped = vf.present_ranges()
     expected = list(m.expected_ram)
+    offline_blocks = list(m.offline_memory or ())
+    if vf.page_granular:
+        want, offline_blocks = _to_pages(expected, vf.page_size), _to_pages(offline_blocks, vf.page_size)
+    else:
+        want = expected
     # offline blocks hold nothing worth dumping: not dumping them is no gap (dumping them is a note)
-    missing = _subtract(_subtract(expected, list(m.offline_memory or ())), dumped)
-    extra = _subtract(dumped, expected)
+    missing = _subtract(_subtract(want, offline_blocks), dumped)
+    extra = _subtract(dumped, want)
     for s, e in missing:
         findings.append(
             Finding("memory-missing", f"System RAM {s:#x}-{e:#x} ({_size(e - s + 1)}) is not in the vmcore")
@@ -512,64 +546,97 @@ def _check_memory(vf: VmcoreFile, m: MachineAtPanic, findings: list[Finding], no
         ))
     offline = None
     if m.offline_memory is not None:
-        offline = _intersect(dumped, list(m.offline_memory))
+        offline = _intersect(dumped, offline_blocks)
         for s, e in offline:
             notes.append(
                 f"memory {s:#x}-{e:#x} ({_size(e - s + 1)}) is dumped but its blocks were offline at the panic; "
                 "upstream keeps offline blocks in the header, since iomem still lists them"
             )
+    shown: list[Range] = []
+    filtered_bytes = filtered_ranges = 0
+    for s, e in vf.iter_filtered_ranges():
+        filtered_ranges += 1
+        filtered_bytes += e - s + 1
+        if len(shown) < FILTERED_SHOWN:
+            shown.append((s, e))
+    level = vf.dump_level
+    if filtered_bytes:
+        by = f"the dump level, {dump_level_text(level)}" if level is not None else "the dump level"
+        notes.append(
+            f"{filtered_bytes // vf.page_size} pages ({_size(filtered_bytes)}) in {filtered_ranges} ranges are in "
+            f"the dump's memory map but not in the file: filtered by {by}; not missing"
+        )
+    elif level:
+        notes.append(f"written with {dump_level_text(level)}, which left out no page of this machine")
     text = vf.kernel_text
     kt = None if text is None else (text.vaddr, text.paddr, text.size)
-    if text is None:
+    if vf.core is not None and text is None:
         notes.append("the vmcore has no kernel-text PT_LOAD (tools that want the _text mapping will miss it)")
-    elif _subtract([(text.paddr, text.end)], dumped):
+    elif text is not None and _subtract([(text.paddr, text.end)], dumped):
         notes.append(f"kernel text {text.paddr:#x}-{text.end:#x} is not inside the dumped RAM")
-    return MemoryCheck(dumped, expected, missing, extra, offline, kt)
+    return MemoryCheck(dumped, expected, missing, extra, offline, kt, shown, filtered_bytes, filtered_ranges, level)
+
+
+def _pool_pages(dumped: Iterable[Range], allowed: list[Range], ps: int) -> Iterator[Range]:
+    """pfn runs of whole pages that are both dumped and ``allowed`` (both ascending), streamed."""
+    i = 0
+    for s, e in dumped:
+        while i < len(allowed) and allowed[i][1] < s:
+            i += 1
+        j = i
+        while j < len(allowed) and allowed[j][0] <= e:
+            lo, hi = max(s, allowed[j][0]), min(e, allowed[j][1])
+            first, last = -(-lo // ps), (hi + 1) // ps - 1
+            if last >= first:
+                yield first, last
+            j += 1
 
 
 def _check_bytes(
     vf: VmcoreFile, m: MachineAtPanic, mem: MemoryCheck, samples: int, seed: int, findings: list[Finding]
 ) -> ByteCheck:
     why: list[str] = []
+    kd = vf.kdump
+    if kd is not None and kd.split:
+        findings.append(Finding(
+            "dump-part",
+            f"the file is one part of a makedumpfile --split dump: it holds the pages of pfns {kd.start_pfn:#x}-"
+            f"{kd.end_pfn - 1:#x} only; audit all its parts together",
+        ))
     if vf.headers_only:
         why.append("the file holds headers and notes only, no memory data")
     elif not vf.has_data:
-        findings.append(Finding(
-            "data-truncated",
-            f"the file ends at {vf.file_size:#x} but its PT_LOAD data runs to {vf.data_end:#x}: the dump is truncated",
-        ))
+        if vf.kdump is not None:
+            what = "makedumpfile marked it incomplete (DUMP_DH_COMPRESSED_INCOMPLETE): pages are missing from the file"
+        else:
+            what = f"the file ends at {vf.file_size:#x} but its PT_LOAD data runs to {vf.data_end:#x}"
+        findings.append(Finding("data-truncated", f"{what}: the dump is truncated"))
         why.append("the memory data is truncated")
     if m.model is None:
-        why.append(f"the snapshot has no {MODEL_STATE_FILE} (no memory_pattern_seed)")
+        why.append(f"the snapshot has no {MODEL_STATE_FILE} (no memory_pattern_seed): a real machine's bytes "
+                   "are unknown")
     if samples == 0:
         why.append("no pages asked for (--samples 0)")
     if why or m.model is None:
         return ByteCheck(False, "skipped: " + "; ".join(why))
-    written = _merge(list(m.model.written_ranges))
-    in_file = _merge([(s.paddr, s.paddr + s.filesz - 1) for s in vf.ram_loads if s.filesz])
-    pool = _subtract(_intersect(in_file, mem.expected), written)
-    # whole pages only
-    pages: list[tuple[int, int]] = []
-    for s, e in pool:
-        first, last = -(-s // PAGE_SIZE), (e + 1) // PAGE_SIZE - 1
-        if last >= first:
-            pages.append((first, last))
-    counts = [b - a + 1 for a, b in pages]
-    total = sum(counts)
+    ps = vf.page_size
+    allowed = _subtract(mem.expected, _merge(list(m.model.written_ranges)))
+    total = sum(b - a + 1 for a, b in _pool_pages(vf.iter_dumped_ranges(), allowed, ps))
     if total == 0:
         return ByteCheck(False, "skipped: no unwritten dumped page to sample")
-    starts: list[int] = []
-    acc = 0
-    for c in counts:
-        starts.append(acc)
-        acc += c
     picks = sorted(random.Random(seed).sample(range(total), min(samples, total)))
     bad: list[int] = []
-    for k in picks:
-        i = bisect.bisect_right(starts, k) - 1
-        pfn = pages[i][0] + (k - starts[i])
-        if vf.read_phys(pfn * PAGE_SIZE, PAGE_SIZE) != page_pattern(pfn, m.model.memory_pattern_seed):
-            bad.append(pfn * PAGE_SIZE)
+    k = acc = 0
+    for a, b in _pool_pages(vf.iter_dumped_ranges(), allowed, ps):
+        n = b - a + 1
+        while k < len(picks) and picks[k] < acc + n:
+            pfn = a + picks[k] - acc
+            if vf.read_phys(pfn * ps, ps) != page_pattern(pfn, m.model.memory_pattern_seed):
+                bad.append(pfn * ps)
+            k += 1
+        acc += n
+        if k == len(picks):
+            break
     if bad:
         shown = ", ".join(f"{a:#x}" for a in bad[:8]) + (f" and {len(bad) - 8} more" if len(bad) > 8 else "")
         findings.append(
@@ -589,9 +656,11 @@ def audit_vmcore(vf: VmcoreFile, m: MachineAtPanic, *, samples: int = DEFAULT_SA
     method, cpus = _check_cpus(vf, m, findings, notes)
     mem = _check_memory(vf, m, findings, notes)
     byte_check = _check_bytes(vf, m, mem, samples, seed, findings)
+    notes = [*vf.warnings, *notes]
     return AuditReport(
         vmcore=str(vf.path),
         root=str(m.root),
+        dump_format=vf.dump_format,
         vmcoreinfo=vf.key_vmcoreinfo(),
         file_size=vf.file_size,
         data_end=vf.data_end,
@@ -604,7 +673,10 @@ def audit_vmcore(vf: VmcoreFile, m: MachineAtPanic, *, samples: int = DEFAULT_SA
     )
 
 
-def audit(vmcore: Path, root: Path, *, samples: int = DEFAULT_SAMPLES, seed: int = 0) -> AuditReport:
-    """Read both inputs and audit; raises a :class:`~crash_hotplug.errors.CrashHotplugError` on unusable input."""
+def audit(vmcore: Path | list[Path], root: Path, *, samples: int = DEFAULT_SAMPLES, seed: int = 0) -> AuditReport:
+    """Read both inputs and audit; raises a :class:`~crash_hotplug.errors.CrashHotplugError` on unusable input.
+
+    ``vmcore`` is one dump, or the parts of a ``makedumpfile --split`` dump."""
     machine = read_machine_at_panic(root)
-    return audit_vmcore(read_vmcore_file(vmcore), machine, samples=samples, seed=seed)
+    paths = vmcore if isinstance(vmcore, list) else [vmcore]
+    return audit_vmcore(read_vmcore_files(paths), machine, samples=samples, seed=seed)

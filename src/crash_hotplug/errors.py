@@ -7,9 +7,11 @@ from __future__ import annotations
 
 __all__ = [
     "CrashHotplugError",
+    "DumpFormatError",
     "ElfFormatError",
     "FdtFormatError",
     "InputFileError",
+    "MissingCodecError",
     "SnapshotError",
 ]
 
@@ -69,3 +71,25 @@ class SnapshotError(CrashHotplugError):
         self.path = path
         self.what = what
         super().__init__(f"{path}: {what}")
+
+
+class DumpFormatError(CrashHotplugError):
+    """A truncated, corrupted or inconsistent makedumpfile file (kdump-compressed or flattened).
+
+    ``fmt`` names the format ("kdump-compressed", "flattened"), ``offset`` the byte offset in
+    that format's file where reading failed, ``what`` what was wrong there.
+    """
+
+    def __init__(self, what: str, *, fmt: str, offset: int, source: str = "<bytes>") -> None:
+        self.what = what
+        self.fmt = fmt
+        self.offset = offset
+        self.source = source
+        super().__init__(f"{source}: {fmt}: at offset {offset:#x}: {what}")
+
+    def with_source(self, source: str) -> DumpFormatError:
+        return DumpFormatError(self.what, fmt=self.fmt, offset=self.offset, source=source)
+
+
+class MissingCodecError(CrashHotplugError):
+    """A page is compressed with a codec whose Python package is not installed."""

@@ -1,8 +1,9 @@
 """What a kdump engineer wants to see in an elfcorehdr or a vmcore, and what changed between two.
 
 Works on a raw elfcorehdr (offsets are physical addresses; notes live in the crashed kernel's
-memory, so only their addresses are known) and on a vmcore (one merged PT_NOTE in the file, whose
-NT_PRSTATUS and VMCOREINFO notes are decoded).
+memory, so only their addresses are known), on an ELF vmcore (one merged PT_NOTE in the file, whose
+NT_PRSTATUS and VMCOREINFO notes are decoded) and on a kdump-compressed file (its header fields,
+notes, and the memory its 1st bitmap maps).
 """
 
 from __future__ import annotations
@@ -16,8 +17,11 @@ from crash_hotplug.elf.core import ElfCore
 from crash_hotplug.elf.structs import Elf64_Phdr
 from crash_hotplug.elf.vmcoreinfo import VMCOREINFO_NOTE_NAME
 from crash_hotplug.machine.kernel import START_KERNEL_MAP
+from crash_hotplug.makedumpfile.kdump import KdumpCompressed, dump_level_text
 
-__all__ = ["CpuNote", "HeaderDiff", "HeaderSummary", "MemRange", "diff_headers", "summarize"]
+__all__ = [
+    "CpuNote", "DumpSummary", "HeaderDiff", "HeaderSummary", "MemRange", "diff_headers", "summarize", "summarize_dump",
+]
 
 @dataclass(frozen=True)
 class CpuNote:
@@ -159,4 +163,89 @@ def diff_headers(a: HeaderSummary, b: HeaderSummary) -> HeaderDiff:
         ranges_resized=resized,
         vmcoreinfo_moved=(a.vmcoreinfo_paddr, a.vmcoreinfo_size) != (b.vmcoreinfo_paddr, b.vmcoreinfo_size),
         kernel_text_changed=a.kernel_text != b.kernel_text,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# kdump-compressed files
+
+
+@dataclass
+class DumpSummary:
+    """What ``makedumpfile``'s headers and bitmaps of a kdump-compressed file say (flattened or not)."""
+
+    file: str
+    format: str
+    header_version: int
+    utsname: dict[str, str]
+    timestamp: int
+    status: int
+    compression: str
+    incomplete: bool
+    block_size: int
+    sub_hdr_size: int
+    bitmap_blocks: int
+    max_mapnr: int
+    nr_cpus: int
+    current_cpu: int
+    phys_base: int
+    dump_level: int | None
+    dump_level_text: str | None
+    split: tuple[int, int] | None
+    pages_present: int
+    pages_dumped: int
+    pages_filtered: int
+    cpu_notes: list[CpuNote] = field(default_factory=list)
+    vmcoreinfo: dict[str, str] = field(default_factory=dict)
+    vmcoreinfo_size: int = 0
+    ranges: list[MemRange] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def total_ram(self) -> int:
+        return sum(r.size for r in self.ranges)
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["total_ram"] = self.total_ram
+        for r in d["ranges"]:
+            r["size"] = r["end"] - r["start"] + 1
+            del r["vaddr"]
+        return d
+
+
+def summarize_dump(vf: VmcoreFile) -> DumpSummary:
+    """The header fields, page counts and memory ranges (from the 1st bitmap) of a kdump-compressed file."""
+    kd = vf.kdump
+    if not isinstance(kd, KdumpCompressed):
+        raise ValueError(f"{vf.path} is {vf.dump_format}, not one kdump-compressed file")
+    h, sub = kd.header, kd.sub
+    level = kd.dump_level
+    return DumpSummary(
+        file=str(vf.path),
+        format=vf.dump_format,
+        header_version=h.header_version,
+        utsname=asdict(h.utsname),
+        timestamp=h.tv_sec,
+        status=h.status,
+        compression=h.compression,
+        incomplete=kd.incomplete,
+        block_size=h.block_size,
+        sub_hdr_size=h.sub_hdr_size,
+        bitmap_blocks=h.bitmap_blocks,
+        max_mapnr=kd.max_mapnr,
+        nr_cpus=h.nr_cpus,
+        current_cpu=h.current_cpu,
+        phys_base=sub.phys_base,
+        dump_level=level,
+        dump_level_text=None if level is None else dump_level_text(level),
+        split=(kd.start_pfn, kd.end_pfn) if kd.split else None,
+        pages_present=kd.present_pages,
+        pages_dumped=kd.dumped_pages,
+        pages_filtered=kd.filtered_pages(),
+        cpu_notes=[CpuNote(n.index, None, len(n.desc), None, n.pr_pid, n.prstatus.ip) for n in vf.prstatus],
+        vmcoreinfo=vf.key_vmcoreinfo(),
+        vmcoreinfo_size=sub.size_vmcoreinfo,
+        ranges=[MemRange(s, e, 0) for s, e in vf.present_ranges()],
+        warnings=vf.warnings,
     )

@@ -96,7 +96,9 @@ class ScenarioRun:
 
     @classmethod
     def start(cls, machine: Machine, design: str = "upstream", syscall: str = "kexec_file_load",
-              options: OursOptions | None = None) -> ScenarioRun:
+              options: OursOptions | None = None, rules: str | None = None) -> ScenarioRun:
+        """``rules`` names the bundled udev rule file a legacy design uses (default: the
+        always-reload rule for ``legacy``, kdump-utils' for ``legacy-throttled``)."""
         if design not in SCENARIO_DESIGNS:
             raise ScenarioError(f"unknown design {design!r} ({', '.join(SCENARIO_DESIGNS)})")
         if syscall not in ("kexec_file_load", "kexec_load"):
@@ -110,8 +112,8 @@ class ScenarioRun:
         if design.startswith("legacy"):
             run.kdump = KdumpService(kexec, syscall)
             throttled = design == "legacy-throttled"
-            rules = bundled_rules(RULES_CRASH_HOTPLUG_AWARE if throttled else RULES_ALWAYS_RELOAD)
-            run.udev = UdevDaemon(run.kdump, rules, run.crash_hotplug_attr, throttle=throttled).attach()
+            chosen = rules or (RULES_CRASH_HOTPLUG_AWARE if throttled else RULES_ALWAYS_RELOAD)
+            run.udev = UdevDaemon(run.kdump, bundled_rules(chosen), run.crash_hotplug_attr, throttle=throttled).attach()
         return run
 
     def crash_hotplug_attr(self) -> int | None:
@@ -123,9 +125,13 @@ class ScenarioRun:
     # -- steps -------------------------------------------------------------------------------
     def load(self) -> Kimage:
         """``kexec -s -p`` (kexec_file_load) or ``kexec -p --hotplug`` (kexec_load)."""
-        if self.kdump is not None:
-            image = self.kdump.start()
-        elif self.syscall == "kexec_file_load":
+        image = self.kdump.start() if self.kdump is not None else self.load_image()
+        self.image = image
+        return image
+
+    def load_image(self) -> Kimage:
+        """The design's own load syscall, without kdumpctl."""
+        if self.syscall == "kexec_file_load":
             loaded = kexec_file_load(self.kexec, KexecPayload.synthetic(), elfcorehdr_in_digest=self.design == "rfc",
                                      elfcorehdr_slots=2 if self.design == "ours" else 1)
             assert loaded is not None
@@ -133,7 +139,6 @@ class ScenarioRun:
         else:
             image = kexec_tools_load(self.kexec, KexecPayload.synthetic(),
                                      hotplug=self.design in DESIGNS or self.design == "ours")
-        self.image = image
         return image
 
     @property

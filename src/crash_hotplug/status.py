@@ -26,10 +26,11 @@ from crash_hotplug.crash.x86_64 import (
     prepare_elf_headers,
 )
 from crash_hotplug.elf.core import ElfCore
-from crash_hotplug.errors import CrashHotplugError
+from crash_hotplug.errors import CrashHotplugError, SnapshotError
 from crash_hotplug.facts import ABSENT, Lookup
 from crash_hotplug.legacy.udev import HotplugEvent, Probe, RuleSet, evaluate, load_rules
 from crash_hotplug.machine.kernel import KernelVersion
+from crash_hotplug.machine.sysfs_values import parse_decimal, parse_flag
 from crash_hotplug.snapshot.reader import CPU_DIR, MEM_DIR
 from crash_hotplug.snapshot.sos import HostRoot, open_root
 
@@ -140,6 +141,8 @@ class KdumpStatus:
 
 
 def _flag(host: HostRoot, rel: str) -> int | str | None:
+    """A 0/1 attribute: its value, "absent", or None when unknown. A value that is neither 0 nor 1
+    (``0x1``, ``1\\0``, garbage) is not a kernel's: :class:`SnapshotError`, never a guessed "no"."""
     got = host.lookup(rel)
     if got is None:
         return None
@@ -147,14 +150,21 @@ def _flag(host: HostRoot, rel: str) -> int | str | None:
         return "absent"
     assert isinstance(got, str)
     try:
-        return int(got.strip())
-    except ValueError:
-        return None
+        return int(parse_flag(got))
+    except ValueError as e:
+        raise SnapshotError(host.fs.display(rel), str(e).removeprefix("flag: ")) from None
 
 
 def _int(host: HostRoot, rel: str) -> int | None:
-    v = _flag(host, rel)
-    return v if isinstance(v, int) else None
+    """An unsigned decimal attribute (``%zu``/``%u``), or None when absent or unknown; ``-1`` or
+    anything else that is not a kernel's is :class:`SnapshotError`."""
+    got = host.lookup(rel)
+    if not isinstance(got, str):
+        return None
+    try:
+        return parse_decimal(got)
+    except ValueError as e:
+        raise SnapshotError(host.fs.display(rel), str(e).removeprefix("value: ")) from None
 
 
 def _probe(host: HostRoot) -> Probe:

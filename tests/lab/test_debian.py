@@ -27,7 +27,7 @@ def test_private_apt_config_points_only_inside_its_root(tmp_path: Path) -> None:
         assert dirs[key].startswith(str(tmp_path / "apt")), key
     assert '"/etc/apt' not in conf  # nothing of the host's apt configuration
     sources = (tmp_path / "apt" / "etc" / "sources.list").read_text()
-    for suite in ("bookworm", "bookworm-backports", "trixie", "bookworm-security"):
+    for suite in ("bookworm", "bookworm-backports", "trixie", "bookworm-security", "trixie-backports", "sid"):
         assert f" {suite} main" in sources
     assert "http://mirror.invalid/debian bookworm main" in sources
     assert (tmp_path / "apt" / "state" / "status").read_text() == ""

@@ -28,7 +28,7 @@ def _range(s: int, e: int) -> str:
 def render_report(report: AuditReport, console: Console) -> None:
     """The report as tables: CPUs, memory, byte check, then the verdict."""
     info = report.vmcoreinfo
-    console.print(f"{report.vmcore} against {report.root}", markup=False, soft_wrap=True)
+    console.print(f"{report.vmcore} ({report.dump_format}) against {report.root}", markup=False, soft_wrap=True)
     if info:
         console.print("  " + "  ".join(f"{k}={v}" for k, v in info.items()), markup=False, soft_wrap=True)
     t = Table(title=f"CPU contexts (matched by {report.cpu_method})", show_edge=False)
@@ -50,9 +50,12 @@ def render_report(report: AuditReport, console: Console) -> None:
     rows += [(r, "[red]missing from the vmcore[/red]") for r in mem.missing]
     rows += [(r, "[red]extra: not System RAM at the panic[/red]") for r in mem.extra]
     rows += [(r, "dumped, blocks offline (note)") for r in mem.offline_dumped or []]
+    rows += [(r, "in the memory map, filtered by the dump level (note)") for r in mem.filtered]
     for r, status in sorted(rows):
         t.add_row(_range(*r), status)
     console.print(t)
+    if mem.filtered_ranges > len(mem.filtered):
+        console.print(f"({mem.filtered_ranges - len(mem.filtered)} more filtered ranges not listed)")
     if mem.kernel_text:
         vaddr, paddr, size = mem.kernel_text
         console.print(f"kernel text {vaddr:#x} -> {_range(paddr, paddr + size - 1)}")
@@ -68,18 +71,21 @@ def render_report(report: AuditReport, console: Console) -> None:
 
 
 @click.command("audit")
-@click.argument("vmcore", type=click.Path(path_type=Path, dir_okay=False))
+@click.argument("vmcore", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False, allow_dash=True))
 @click.option("--root", "root", type=click.Path(path_type=Path), required=True,
               help="Snapshot of the machine at the panic (proc/, sys/ under it).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--samples", type=click.IntRange(min=0), default=DEFAULT_SAMPLES, show_default=True,
               help="Pages to compare with the model's pattern (needs memory data and machine.json).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed that picks the sampled pages.")
-def audit(vmcore: Path, root: Path, as_json: bool, samples: int, seed: int) -> None:
-    """Check VMCORE (whole, or headers and notes only) against the machine at the panic: missing or
-    extra CPU contexts, missing or extra memory, sampled bytes. Exit 0 complete, 1 gaps, 2 bad input."""
+def audit(vmcore: tuple[Path, ...], root: Path, as_json: bool, samples: int, seed: int) -> None:
+    """Check VMCORE against the machine at the panic: missing or extra CPU contexts, missing or extra
+    memory, sampled bytes. VMCORE is ELF (whole, headers and notes only, or makedumpfile -E),
+    kdump-compressed (makedumpfile -c/-l/-p/-z) or flattened (-F); "-" reads it from standard input;
+    the parts of a makedumpfile --split dump are given together.
+    Exit 0 complete, 1 gaps, 2 bad input."""
     try:
-        report = run_audit(vmcore, root, samples=samples, seed=seed)
+        report = run_audit(list(vmcore), root, samples=samples, seed=seed)
     except CrashHotplugError as e:
         Console(stderr=True, highlight=False).print(f"crash-hotplug: error: {e}", markup=False, soft_wrap=True)
         sys.exit(2)

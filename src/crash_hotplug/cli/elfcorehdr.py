@@ -10,12 +10,13 @@ import click
 from rich.table import Table
 
 from crash_hotplug.cli.common import PAGE_SIZE, fails_cleanly, out, output_file, root_option, size_text, write_output
+from crash_hotplug.crash.vmcore import read_vmcore_file, sniff_format
 from crash_hotplug.crash.x86_64 import crash_load_segments_memsz, prepare_elf_headers
 from crash_hotplug.elf.core import read_core_file
-from crash_hotplug.inspect import HeaderSummary, diff_headers, summarize
+from crash_hotplug.inspect import DumpSummary, HeaderSummary, diff_headers, summarize, summarize_dump
 from crash_hotplug.snapshot.reader import read_kernel_state
 
-__all__ = ["elfcorehdr", "print_summary"]
+__all__ = ["elfcorehdr", "print_dump_summary", "print_summary"]
 
 
 @click.group()
@@ -72,6 +73,43 @@ def print_summary(s: HeaderSummary, title: str) -> None:
         )
 
 
+def print_dump_summary(s: DumpSummary) -> None:
+    """A kdump-compressed file's header fields, page counts, CPU notes and memory ranges."""
+    u = s.utsname
+    out.print(f"[bold]{s.file}[/bold]: {s.format}, header_version {s.header_version}", soft_wrap=True)
+    out.print(f"  utsname: {u['sysname']} {u['nodename']} {u['release']} {u['version']} {u['machine']}",
+              markup=False, soft_wrap=True)
+    level = "unknown" if s.dump_level_text is None else s.dump_level_text
+    out.print(f"  block_size {s.block_size}, nr_cpus {s.nr_cpus}, compression {s.compression}, dump level {level}",
+              markup=False)
+    out.print(f"  max_mapnr {s.max_mapnr:#x}, timestamp {s.timestamp}, phys_base {s.phys_base:#x}"
+              + (f", split: pfns {s.split[0]:#x}-{s.split[1]:#x} in this file" if s.split else ""), markup=False)
+    out.print(f"  pages: {s.pages_present} present (1st bitmap), {s.pages_dumped} dumped (2nd bitmap), "
+              f"{s.pages_filtered} filtered by the dump level", markup=False)
+    if s.incomplete:
+        out.print("  [red]incomplete[/red]: makedumpfile marked the dump DUMP_DH_COMPRESSED_INCOMPLETE")
+    t = Table(title="CPU notes", show_edge=False)
+    for col in ("#", "size", "pid", "rip"):
+        t.add_column(col, justify="right")
+    for c in s.cpu_notes:
+        t.add_row(str(c.index), str(c.size), "-" if c.pid is None else str(c.pid),
+                  "-" if c.rip is None else f"{c.rip:#x}")
+    out.print(t)
+    if s.vmcoreinfo_size:
+        out.print(f"VMCOREINFO, {s.vmcoreinfo_size} bytes")
+    for k, v in s.vmcoreinfo.items():
+        out.print(f"  {k}={v}", markup=False)
+    t = Table(title="memory (1st bitmap)", show_edge=False)
+    for col in ("start", "end", "size"):
+        t.add_column(col, justify="right")
+    for r in s.ranges:
+        t.add_row(f"{r.start:#x}", f"{r.end:#x}", size_text(r.size))
+    out.print(t)
+    out.print(f"{len(s.ranges)} ranges, {size_text(s.total_ram)} in all")
+    for w in s.warnings:
+        out.print(f"warning: {w}", markup=False, soft_wrap=True)
+
+
 def _owners(root: Path | None, kernel_version: str | None) -> dict[int, int]:
     if root is None:
         return {}
@@ -87,7 +125,27 @@ def _owners(root: Path | None, kernel_version: str | None) -> dict[int, int]:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @fails_cleanly
 def elfcorehdr_show(file: Path, root: Path | None, segment_size: int | None, as_json: bool) -> None:
-    """Show what a raw elfcorehdr or a vmcore describes: CPUs, VMCOREINFO, kernel text, memory."""
+    """Show what a raw elfcorehdr or a vmcore describes: CPUs, VMCOREINFO, kernel text, memory.
+
+    A kdump-compressed or flattened file (makedumpfile -c/-l/-p/-z, -F) shows its header fields,
+    page counts and the memory of its 1st bitmap."""
+    kind = sniff_format(file)
+    if kind in ("kdump-compressed", "flattened"):
+        vf = read_vmcore_file(file)
+        if vf.kdump is not None:
+            d = summarize_dump(vf)
+            if as_json:
+                click.echo(json.dumps(d.to_json(), indent=1))
+            else:
+                print_dump_summary(d)
+            return
+        assert vf.core is not None
+        flat = summarize(vf.core)
+        if as_json:
+            click.echo(json.dumps({**flat.to_json(), "format": vf.dump_format}, indent=1))
+        else:
+            print_summary(flat, f"{file} ({vf.dump_format})")
+        return
     core = read_core_file(file)
     reserved = segment_size
     if reserved is None and root is not None:

@@ -9,14 +9,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from rich import box
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from crash_hotplug.cli.common import err, fails_cleanly, out, output_file, write_output
-from crash_hotplug.errors import CrashHotplugError
-from crash_hotplug.sim.costs import CostModel
+from crash_hotplug.fileio import LOG_LIMIT, iter_lines
+from crash_hotplug.sim.costs import CostModel, load_costs
 from crash_hotplug.sim.engine import APPROACHES
 from crash_hotplug.sim.plans import (
+    MAX_CPUS,
+    MAX_TIME_S,
     Plan,
     convert_udevadm_monitor,
     cpu_plan,
@@ -24,6 +27,7 @@ from crash_hotplug.sim.plans import (
     parse_size,
     replay_plan,
     resize_plan,
+    with_reloads,
 )
 from crash_hotplug.sim.run import Comparison, compare
 
@@ -32,52 +36,125 @@ __all__ = ["simulate"]
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _fmt_s(v: float | None) -> str:
-    if v is None:
-        return "never"
-    if v == 0:
-        return "0"
-    if v < 0.01:
-        return f"{v * 1e3:.2f} ms"
-    if v < 120:
-        return f"{v:.2f} s"
-    return f"{v:.0f} s ({v / 60:.1f} min)"
-
-
 def _ci(k: int, n: int, ci: tuple[float, float]) -> str:
     return f"{k} [{100 * ci[0]:.2f}-{100 * ci[1]:.2f}%]" if n else "-"
 
 
-def _report(c: Comparison, show_costs: bool) -> None:
+#: (name, seconds) units a column of durations can be shown in
+_UNITS = (("min", 60.0), ("s", 1.0), ("ms", 1e-3), ("us", 1e-6))
+
+
+def _unit_for(values: list[float | None]) -> tuple[str, float]:
+    """The largest unit in which the column's largest value is at least 1 (seconds for zeros)."""
+    big = max((v for v in values if v), default=0.0)
+    if big == 0:
+        return "s", 1.0
+    for name, scale in _UNITS:
+        if name == "min" and big < 600:
+            continue
+        if big >= scale:
+            return name, scale
+    return _UNITS[-1]
+
+
+def fmt_num(x: float) -> str:
+    """Three significant figures at most, never an exponent: the table's and the plot's format."""
+    if x == 0:
+        return "0"
+    if abs(x) >= 100:
+        return f"{x:.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    if abs(x) >= 1:
+        return f"{x:.2f}"
+    if abs(x) >= 0.01:
+        return f"{x:.3f}".rstrip("0")
+    return "<0.01"
+
+
+def fmt_duration(v: float | None, unit: tuple[str, float] | None = None) -> str:
+    """A duration in ``unit`` (or the best unit for it), as the table and the plot print it."""
+    if v is None:
+        return "never"
+    name, scale = unit or _unit_for([v])
+    return fmt_num(v / scale) if unit else f"{fmt_num(v / scale)} {name}"
+
+
+def _pct(k: int, n: int) -> str:
+    return fmt_num(100 * k / n) if n else "-"
+
+
+def _table(c: Comparison, wide: bool) -> Table:
+    ms = c.metrics
+    cols: list[tuple[str, list[str]]] = []
+
+    def durations(title: str, values: list[float | None]) -> None:
+        unit = _unit_for(values)
+        cols.append((f"{title}\n{unit[0]}", [fmt_duration(v, unit) for v in values]))
+
+    durations("settle", [m.settle_s for m in ms])
+    durations("busy", [m.kdump_busy_s for m in ms])
+    durations("no img", [m.unloaded_s for m in ms])
+    if wide:
+        durations("longest", [m.longest_unloaded_s for m in ms])
+    durations("stale", [m.stale_s for m in ms])
+    durations("blocked", [m.blocked_s for m in ms])
+    if wide:
+        cols.append(("reloads", [str(m.reloads) for m in ms]))
+        cols.append(("regen", [str(m.regenerations) for m in ms]))
+        durations("max lag", [m.max_lag_s for m in ms])
+    else:
+        cols.append(("header\nwrites", [str(m.reloads or m.regenerations) for m in ms]))
+    if wide or any(m.dropped_events or m.deferred_events for m in ms):
+        cols.append(("dropped/\ndeferred", [f"{m.dropped_events}/{m.deferred_events}" for m in ms]))
+    if wide:
+        cols.append(("waited", [str(m.waited_events) for m in ms]))
+        cols.append(("failed\nreloads", [str(m.reload_failures) for m in ms]))
+        cols.append(("lost [95% CI]", [_ci(m.panics_lost, m.panics, m.panics_lost_ci) for m in ms]))
+        cols.append(("incomplete [95% CI]",
+                     [_ci(m.panics_incomplete, m.panics, m.panics_incomplete_ci) for m in ms]))
+    else:
+        cols.append(("lost\n%", [_pct(m.panics_lost, m.panics) for m in ms]))
+        cols.append(("incompl\n%", [_pct(m.panics_incomplete, m.panics) for m in ms]))
+    t = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 0, 0, 1), collapse_padding=True)
+    t.add_column("approach", justify="left", no_wrap=True, min_width=max(len(m.approach) for m in ms))
+    for title, _ in cols:
+        t.add_column(title, justify="right", no_wrap=True)
+    for i, m in enumerate(ms):
+        t.add_row(m.approach, *(values[i] for _, values in cols))
+    return t
+
+
+_LEGEND = (
+    "settle: from the last event until the header is true and nothing is in flight",
+    "busy: kdumpctl and kexec reloading; no img: no crash image loaded",
+    "stale: loaded but not describing the online CPUs and memory",
+    "blocked: kexec lock held or image hidden; lost/incompl: share of the panics",
+)
+
+
+def _report(c: Comparison, *, wide: bool, costs_table: bool) -> None:
     p = c.plan
-    out.print(f"[bold]{p.describe()}[/bold]; events span {p.last_event:.1f} s")
-    t = Table(show_edge=False, title=f"{c.panics} panics at random moments over {c.metrics[0].horizon_s:.0f} s "
-                                      f"(seed {c.seed}), 95% intervals")
-    cols = ("approach", "settle", "no image", "longest", "blocked", "stale", "reloads", "regen", "max lag",
-            "dropped", "lost [95% CI]", "incomplete [95% CI]")
-    for col in cols:
-        t.add_column(col, justify="left" if col == "approach" else "right")
-    for m in c.metrics:
-        t.add_row(m.approach, _fmt_s(m.settle_s), _fmt_s(m.unloaded_s), _fmt_s(m.longest_unloaded_s),
-                  _fmt_s(m.blocked_s), _fmt_s(m.stale_s), str(m.reloads), str(m.regenerations),
-                  "-" if m.max_lag_s is None else _fmt_s(m.max_lag_s), str(m.dropped_events),
-                  _ci(m.panics_lost, m.panics, m.panics_lost_ci),
-                  _ci(m.panics_incomplete, m.panics, m.panics_incomplete_ci))
-    out.print(t)
-    out.print("settle: last event until the header is true (and loaded); blocked: kexec lock held or image "
-              "hidden; stale: loaded but not describing the online CPUs and memory", style="dim")
-    if show_costs:
-        t = Table(show_edge=False, title="cost model")
+    ms = c.metrics
+    storm = max(m.storm_s for m in ms)
+    out.print(f"[bold]{p.describe()}[/bold]")
+    out.print(c.costs.summary(), style="dim", markup=False)
+    out.print(f"storm spans {fmt_duration(storm)} (planned {fmt_duration(p.last_event)}); {c.panics} panics "
+              f"over {fmt_duration(ms[0].horizon_s)} (seed {c.seed})")
+    out.print(_table(c, wide))
+    for line in _LEGEND + (() if wide else ("--wide: every column",)):
+        out.print(line, style="dim")
+    if costs_table:
+        t = Table(box=box.SIMPLE_HEAD, show_edge=False, title=f"cost profile {c.costs.profile}")
         for col in ("step", "seconds", "unit", "source"):
-            t.add_column(col)
-        for name, s, unit, src in c.costs.sources():
-            t.add_row(name, f"{s:.6g}", unit, src)
+            t.add_column(col, overflow="fold")
+        for name, cost in sorted(c.costs.table.items()):
+            t.add_row(name, f"{cost.seconds:.6g}", cost.unit, cost.source)
         out.print(t)
 
 
-def _run(plan: Plan, approaches: tuple[str, ...], panics: int, seed: int, costs_file: Path | None,
-         as_json: bool, plot: Path | None) -> None:
-    costs = CostModel.default() if costs_file is None else CostModel.default().recalibrated(costs_file)
+def _run(plan: Plan, approaches: tuple[str, ...], panics: int, seed: int, costs: CostModel,
+         as_json: bool, plot: Path | None, wide: bool = False, costs_table: bool = False) -> None:
     chosen = approaches or APPROACHES
     with Progress(TextColumn("{task.description:<18}"), BarColumn(), TextColumn("{task.completed}/{task.total} ops"),
                   TimeElapsedColumn(), console=err, transient=True, disable=as_json or not err.is_terminal) as bar:
@@ -91,23 +168,36 @@ def _run(plan: Plan, approaches: tuple[str, ...], panics: int, seed: int, costs_
     if as_json:
         click.echo(json.dumps(c.to_json(), indent=1))
     else:
-        _report(c, show_costs=True)
+        _report(c, wide=wide, costs_table=costs_table)
         if plot is not None:
             out.print(f"timeline plot: {plot}")
+
+
+#: more panics than this add nothing to a 95% interval but time
+MAX_PANICS = 1_000_000
 
 
 def _options(fn: F) -> F:
     fn = click.option("--approach", "approaches", multiple=True, type=click.Choice(APPROACHES),
                       help="Approaches to compare (default: all).")(fn)
-    fn = click.option("--panics", type=click.IntRange(min=1), default=10_000, show_default=True,
+    fn = click.option("--panics", type=click.IntRange(min=1, max=MAX_PANICS), default=10_000, show_default=True,
                       help="Panics injected at random moments.")(fn)
     fn = click.option("--seed", type=int, default=0, show_default=True)(fn)
-    fn = click.option("--costs", "costs_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
-                      help="JSON file of measured step costs that replace the defaults.")(fn)
-    fn = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")(fn)
-    fn = click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None, callback=output_file,
-                      help="Write the timeline of every approach to this PNG.")(fn)
+    fn = click.option("--costs", "costs_spec", default=None, metavar="PROFILE|FILE",
+                      help="Cost profile (seed, lab-<kernel>; default seed) or a JSON file of step costs.")(fn)
+    fn = click.option("--costs-table", is_flag=True, help="Print every step's cost and its source.")(fn)
+    fn = click.option("--wide", is_flag=True, help="Every column (intervals, lags, waits); wider than 80.")(fn)
+    fn = click.option("--json", "as_json", is_flag=True, help="Machine-readable output (costs and sources too).")(fn)
+    fn = click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=None,
+                      callback=output_file, help="Write the timeline of every approach to this PNG.")(fn)
     return fn
+
+
+def _go(plan: Plan | Callable[[CostModel], Plan], approaches: tuple[str, ...], panics: int, seed: int,
+        costs_spec: str | None, costs_table: bool, wide: bool, as_json: bool, plot: Path | None) -> None:
+    costs = load_costs(costs_spec)
+    the_plan = plan(costs) if callable(plan) else plan
+    _run(the_plan, approaches, panics, seed, costs, as_json, plot, wide=wide, costs_table=costs_table)
 
 
 @click.group()
@@ -120,37 +210,42 @@ def simulate() -> None:
 @click.option("--from", "size_from", default="32G", show_default=True)
 @click.option("--to", "size_to", default="512G", show_default=True)
 @click.option("--dimm", default="2G", show_default=True, help="Size of each hot-added (or removed) DIMM.")
-@click.option("--block", default="128M", show_default=True, help="Memory block size.")
+@click.option("--block", default="128M", show_default=True,
+              help="Memory block size: a power of two, 128M to 2G (x86_64).")
 @click.option("--kernel", type=click.Choice(["6.12.43", "6.12"]), default="6.12.43", show_default=True)
+@click.option("--reload-at", "reload_at", type=click.FloatRange(min=0, max=MAX_TIME_S), multiple=True,
+              metavar="SECONDS", help="Also run `kdumpctl reload` at this time (repeatable).")
 @_options
 @fails_cleanly
-def resize(size_from: str, size_to: str, dimm: str, block: str, kernel: str, approaches: tuple[str, ...],
-           panics: int, seed: int, costs_file: Path | None, as_json: bool, plot: Path | None) -> None:
+def resize(size_from: str, size_to: str, dimm: str, block: str, kernel: str, reload_at: tuple[float, ...],
+           **kw: Any) -> None:
     """Resize a guest's memory in DIMMs (32G -> 512G at 128 MiB blocks is 3840 events)."""
-    costs = CostModel.default() if costs_file is None else CostModel.default().recalibrated(costs_file)
-    plan = resize_plan(parse_size(size_from), parse_size(size_to), dimm=parse_size(dimm), block=parse_size(block),
-                       kernel=kernel, costs=costs)
-    _run(plan, approaches, panics, seed, costs_file, as_json, plot)
+    sizes = (parse_size(size_from, "--from"), parse_size(size_to, "--to"), parse_size(dimm, "--dimm"),
+             parse_size(block, "--block"))
+
+    def plan(costs: CostModel) -> Plan:
+        p = resize_plan(sizes[0], sizes[1], dimm=sizes[2], block=sizes[3], kernel=kernel, costs=costs)
+        return with_reloads(p, reload_at)
+
+    _go(plan, **kw)
 
 
 @simulate.command("cpu")
-@click.option("--add", "n_add", type=click.IntRange(min=0), default=8, show_default=True)
-@click.option("--remove", "n_remove", type=click.IntRange(min=0), default=4, show_default=True)
+@click.option("--add", "n_add", type=click.IntRange(min=0, max=MAX_CPUS), default=8, show_default=True)
+@click.option("--remove", "n_remove", type=click.IntRange(min=0, max=MAX_CPUS), default=4, show_default=True)
 @_options
 @fails_cleanly
-def cpu(n_add: int, n_remove: int, approaches: tuple[str, ...], panics: int, seed: int, costs_file: Path | None,
-        as_json: bool, plot: Path | None) -> None:
+def cpu(n_add: int, n_remove: int, **kw: Any) -> None:
     """Hot-add CPUs one after another, then remove some."""
-    _run(cpu_plan(n_add, n_remove), approaches, panics, seed, costs_file, as_json, plot)
+    _go(lambda costs: cpu_plan(n_add, n_remove, costs=costs), **kw)
 
 
 @simulate.command("mixed")
 @_options
 @fails_cleanly
-def mixed(approaches: tuple[str, ...], panics: int, seed: int, costs_file: Path | None, as_json: bool,
-          plot: Path | None) -> None:
+def mixed(**kw: Any) -> None:
     """Grow memory, add CPUs, offline one, remove DIMMs, offline a block."""
-    _run(mixed_plan(), approaches, panics, seed, costs_file, as_json, plot)
+    _go(lambda costs: mixed_plan(costs=costs), **kw)
 
 
 @simulate.command("replay")
@@ -158,22 +253,18 @@ def mixed(approaches: tuple[str, ...], panics: int, seed: int, costs_file: Path 
 @click.option("--boot", default="32G", show_default=True, help="Memory the guest booted with.")
 @_options
 @fails_cleanly
-def replay(log: Path, boot: str, approaches: tuple[str, ...], panics: int, seed: int, costs_file: Path | None,
-           as_json: bool, plot: Path | None) -> None:
+def replay(log: Path, boot: str, **kw: Any) -> None:
     """Replay a uevent log (JSON lines; see convert-udev)."""
-    _run(replay_plan(log, boot=parse_size(boot)), approaches, panics, seed, costs_file, as_json, plot)
+    _go(replay_plan(log, boot=parse_size(boot, "--boot")), **kw)
 
 
 @simulate.command("convert-udev")
 @click.argument("monitor", type=click.Path(path_type=Path, dir_okay=False))
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True, callback=output_file)
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              callback=output_file)
 @fails_cleanly
 def convert_udev(monitor: Path, output: Path) -> None:
     """Turn ``udevadm monitor --property`` output into a uevent log for replay."""
-    try:
-        text = monitor.read_text(errors="replace")
-    except OSError as e:
-        raise CrashHotplugError(f"{monitor}: cannot read: {e.strerror}") from None
-    records = convert_udevadm_monitor(text)
+    records = convert_udevadm_monitor(iter_lines(monitor, max_bytes=LOG_LIMIT, errors="replace"))
     write_output(output, "".join(json.dumps(r) + "\n" for r in records))
     out.print(f"{output}: {len(records)} CPU and memory uevents")

@@ -162,7 +162,8 @@ def crash_prepare_elf64_headers(
                                state.text_size, state.text_size, 0))
     po = state.page_offset
     starts = [s for s, _ in mem.ranges]
-    lens = [e - s + 1 for s, e in mem.ranges]
+    # u64 as in the kernel: a range a caller left inverted (powerpc's remove_mem_range split) wraps
+    lens = [(e - s + 1) & 0xFFFFFFFFFFFFFFFF for s, e in mem.ranges]
     vaddrs = [(po + s) & 0xFFFFFFFFFFFFFFFF for s in starts]
     parts.extend(map(PHDR.pack,
         repeat(PT_LOAD), repeat(_RWX), starts, vaddrs, starts, lens, lens, repeat(0)

@@ -21,6 +21,7 @@ Two designs are selectable (:data:`DESIGNS`):
 from __future__ import annotations
 
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -139,9 +140,14 @@ class CrashHotplug:
     updated_at: list[float] = field(default_factory=list)
     _mutex: threading.Lock = field(default_factory=threading.Lock)
     _registered: bool = False
-    #: seconds into the current update (the update runs at one instant of the clock; its parts are
-    #: laid out after it for the windows)
+    #: seconds into the current update: its bytes are written at its start, its parts laid out
+    #: after it for the windows, and the mutex and the kexec lock stay held until it ends
     _elapsed: float = 0.0
+    #: machine time the update in progress releases ``__crash_hotplug_lock`` (and the kexec lock)
+    busy_until: float = 0.0
+    #: events that found the mutex held and slept on it, and those waiting now
+    waited: int = 0
+    _waiters: deque[tuple[int, int, MemoryNotify | None]] = field(default_factory=deque)
 
     def spend(self, what: str, units: float = 1.0, window: str | None = None) -> None:
         """Account for a part of the update; ``window`` names what a panic would find meanwhile."""
@@ -191,14 +197,39 @@ class CrashHotplug:
         return self.kexec.machine.clock.cost(what, units)
 
     def crash_handle_hotplug_event(self, hp_action: int, cpu: int, arg: MemoryNotify | None) -> Outcome:
-        """``crash_handle_hotplug_event``"""
+        """``crash_handle_hotplug_event``: ``crash_hotplug_lock()`` (a mutex: an event that finds an
+        update in progress sleeps until it ends), then the update under ``kexec_trylock``."""
+        clock = self.kexec.machine.clock
+        if clock.now < self.busy_until:
+            self.waited += 1
+            self._waiters.append((hp_action, cpu, arg))
+            return Outcome.WAITING
         with self._mutex:
             self._elapsed = 0.0
             outcome = self._handle_locked(hp_action, cpu, arg)
+        self._record(hp_action, cpu, arg, outcome)
+        return outcome
+
+    def notifier_returns_at(self) -> float:
+        """When the notifier call in progress returns: the caller (a memory block's online or
+        offline, a CPU's hotplug step) holds the device hotplug lock until then, so the next
+        hotplug operation waits for it."""
+        return self.busy_until
+
+    def _release(self) -> None:
+        """The update in progress ends: ``kexec_unlock``, ``crash_hotplug_unlock``; the next waiter runs."""
+        self.kexec.kexec_unlock()
+        self._wake()
+
+    def _wake(self) -> None:
+        clock = self.kexec.machine.clock
+        while self._waiters and clock.now >= self.busy_until:
+            self.crash_handle_hotplug_event(*self._waiters.popleft())
+
+    def _record(self, hp_action: int, cpu: int, arg: MemoryNotify | None, outcome: Outcome) -> None:
         block = (arg.start, arg.end) if arg is not None else None
         self.records.append(HotplugRecord(len(self.records), hp_action,
                                           None if cpu == KEXEC_CRASH_HP_INVALID_CPU else cpu, block, outcome))
-        return outcome
 
     def _handle_locked(self, hp_action: int, cpu: int, arg: MemoryNotify | None) -> Outcome:
         kexec = self.kexec
@@ -208,6 +239,7 @@ class CrashHotplug:
                 machine.printk("crash hp: kexec_trylock() failed, kdump image may be inaccurate")
             return Outcome.LOCK_BUSY
         start = machine.clock.now
+        updating = False
         try:
             image = kexec.kexec_crash_image
             if image is None:
@@ -225,6 +257,7 @@ class CrashHotplug:
                 return Outcome.NO_ELFCOREHDR
             kexec.arch_kexec_unprotect_crashkres()
             image.hp_action = hp_action
+            updating = True
             outcome = self.arch.arch_crash_handle_hotplug_event(self, image, arg)
             if outcome is Outcome.UPDATED:
                 self.updated_at.append(start + self._elapsed)
@@ -234,10 +267,16 @@ class CrashHotplug:
             kexec.arch_kexec_protect_crashkres()
             return outcome
         finally:
-            self.spend("crash_hotplug_event")
+            if updating:
+                self.spend("crash_hotplug_event")
             if self._elapsed > 0:
+                # the update takes time on the clock: the lock (and the mutex) stay held until it ends
                 self.windows.append(Window(start, start + self._elapsed, "lock"))
-            kexec.kexec_unlock()
+                self.busy_until = start + self._elapsed
+                machine.clock.call_at(self.busy_until, self._release, "crash hotplug update ends")
+            else:
+                kexec.kexec_unlock()
+                self._wake()
 
     def crash_check_hotplug_support(self) -> int:
         """``crash_check_hotplug_support``: what ``cpu/crash_hotplug`` and ``memory/crash_hotplug`` read."""

@@ -135,8 +135,17 @@ class OursCrashHotplug(CrashHotplug):
         self._timer = clock.call_at(due, self._burst_over, "coalesced elfcorehdr update")
         return Outcome.QUEUED
 
+    def notifier_returns_at(self) -> float:
+        """The notifier only queues: hotplug operations never wait for an update."""
+        return 0.0
+
     def _burst_over(self) -> None:
         self._timer = None
+        clock = self.kexec.machine.clock
+        if clock.now < self.busy_until:
+            # the previous rebuild still holds the mutex: run when it is done
+            self._timer = clock.call_at(self.busy_until, self._burst_over, "coalesced elfcorehdr update")
+            return
         self.flush("burst over")
 
     def _lock_released(self) -> None:
@@ -175,6 +184,8 @@ class OursCrashHotplug(CrashHotplug):
         except CrashMemError:
             machine.printk("crash hp: unable to create new elfcorehdr")
             return None
+        # the rebuild takes as long as upstream's update, but outside the kexec lock
+        self.spend("crash_hotplug_event")
         self.spend("elfcorehdr_build_phdr", (len(buf) - 64) // 56)
         return buf
 
@@ -220,6 +231,8 @@ class OursCrashHotplug(CrashHotplug):
             if outcome is Outcome.UPDATED:
                 self.updates.append(Update(dirty_since, start + self._elapsed, reason))
                 self.updated_at.append(start + self._elapsed)
+            # the mutex is held for the rebuild's time; the next flush waits for it
+            self.busy_until = start + self._elapsed
             return outcome
 
     def _write(self, image: Kimage, *, in_panic: bool = False) -> Outcome:

@@ -6,16 +6,20 @@ address out of the crashed machine's memory, check it, merge every PT_NOTE into 
 The result, :class:`Vmcore`, presents the file as ``read_vmcore`` does: the page-rounded header
 buffer, the page-rounded note buffer, then each PT_LOAD's page-rounded physical window.
 
-The reading side, :class:`VmcoreFile`, opens a vmcore (whole, or cut after its notes like a
-``vmcore-headers.bin``) and gives its CPUs' NT_PRSTATUS, VMCOREINFO and PT_LOAD ranges, reading
-only the bytes it is asked for.
+The reading side, :class:`VmcoreFile`, opens a vmcore in any format kdump writes -- ELF (whole, cut
+after its notes like a ``vmcore-headers.bin``, or filtered by ``makedumpfile -E``), kdump-compressed,
+flattened, from a file or a pipe -- and gives its CPUs' NT_PRSTATUS, VMCOREINFO and memory map,
+reading only the bytes it is asked for.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
-from collections.abc import Callable, Iterator
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Final
@@ -31,14 +35,18 @@ from crash_hotplug.elf.constants import (
     PT_NOTE,
 )
 from crash_hotplug.elf.core import ElfCore
-from crash_hotplug.elf.notes import pad4
+from crash_hotplug.elf.notes import Note, pad4
 from crash_hotplug.elf.prstatus import ElfPrstatus
 from crash_hotplug.elf.structs import EHDR, NHDR, PHDR, Elf64_Ehdr, Elf64_Phdr
 from crash_hotplug.elf.vmcoreinfo import VMCOREINFO_NOTE_NAME, parse_vmcoreinfo
-from crash_hotplug.errors import CrashHotplugError, ElfFormatError, InputFileError
+from crash_hotplug.errors import CrashHotplugError, DumpFormatError, ElfFormatError, InputFileError
 from crash_hotplug.fileio import open_regular
 from crash_hotplug.machine.kernel import START_KERNEL_MAP, KernelVersion
 from crash_hotplug.machine.physmem import PAGE_SIZE, MemoryReader
+from crash_hotplug.makedumpfile.diskdump import DISKDUMP_SIGNATURE, KDUMP_SIGNATURE
+from crash_hotplug.makedumpfile.diskdump import FMT as KDUMP_FMT
+from crash_hotplug.makedumpfile.flattened import MDF_HEADER, is_flattened, rearrange
+from crash_hotplug.makedumpfile.kdump import KdumpCompressed, SplitDump
 
 __all__ = [
     "ElfcorehdrNotSane",
@@ -54,6 +62,8 @@ __all__ = [
     "parse_elfcorehdr_param",
     "process_ptload_program_headers_elf64",
     "read_vmcore_file",
+    "read_vmcore_files",
+    "sniff_format",
     "update_note_header_size_elf64",
     "write_vmcore",
 ]
@@ -63,8 +73,6 @@ _U64: Final = (1 << 64) - 1
 _NOTE_ALIGN_4_SINCE: Final = KernelVersion(6, 5)
 #: a vmcore's notes are a few KiB per CPU; refuse to read a note segment larger than this
 _MAX_NOTES_BYTES: Final = 64 << 20
-#: ``disk_dump_header.signature`` of makedumpfile's compressed format
-_KDUMP_SIGNATURE: Final = b"KDUMP   "
 
 
 def _roundup(n: int, to: int = PAGE_SIZE) -> int:
@@ -370,18 +378,57 @@ class PrstatusNote:
 #: VMCOREINFO keys a report shows
 VMCOREINFO_KEYS: Final = ("OSRELEASE", "BUILD-ID", "PAGESIZE", "KERNELOFFSET", "NUMBER(phys_base)", "CRASHTIME")
 
+#: an inclusive physical range
+PhysRange = tuple[int, int]
+
+
+def _merged(ranges: Iterable[PhysRange]) -> list[PhysRange]:
+    out: list[PhysRange] = []
+    for s, e in sorted(ranges):
+        if out and s <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+class _FileSource:
+    """An open file read by offset, without moving a shared position; closed when dropped."""
+
+    def __init__(self, f: BinaryIO) -> None:
+        self.f = f
+        self.size = os.fstat(f.fileno()).st_size
+
+    def read(self, pos: int, size: int) -> bytes:
+        if pos < 0 or size <= 0:
+            return b""
+        return os.pread(self.f.fileno(), size, pos)
+
+    def __del__(self) -> None:
+        self.f.close()
+
 
 @dataclass(frozen=True)
 class VmcoreFile:
-    """A vmcore on disk: merged notes, PT_LOADs, and a bounded reader of its memory data."""
+    """A vmcore on disk in any of the formats kdump writes, read by offset.
+
+    ``dump_format`` is ``ELF`` (``/proc/vmcore`` copied, or ``makedumpfile -E``),
+    ``kdump-compressed`` (``makedumpfile -c/-l/-p/-z``), or either of them ``flattened`` (``-F``).
+    For ELF, ``core`` holds the program headers; for kdump-compressed, ``kdump`` the checked
+    headers and bitmaps. The memory map a dump describes is :meth:`present_ranges` (PT_LOADs'
+    ``p_memsz``, or the 1st bitmap); the bytes it holds :meth:`iter_dumped_ranges`
+    (``p_filesz``, or the 2nd bitmap).
+    """
 
     path: Path
-    core: ElfCore
+    core: ElfCore | None
     file_size: int
     prstatus: tuple[PrstatusNote, ...]
     vmcoreinfo: dict[str, str] = field(default_factory=dict)
-    #: reads file bytes (offset, size) when the vmcore is not on disk but presented from memory
+    #: reads file bytes (offset, size); None reads ``path``
     reader: Callable[[int, int], bytes] | None = None
+    dump_format: str = "ELF"
+    kdump: KdumpCompressed | SplitDump | None = None
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "<bytes>") -> VmcoreFile:
@@ -398,6 +445,8 @@ class VmcoreFile:
 
     @property
     def loads(self) -> list[LoadSegment]:
+        if self.core is None:
+            return []
         return [
             LoadSegment(i, p.p_paddr, p.p_vaddr, p.p_memsz, p.p_offset, min(p.p_filesz, p.p_memsz))
             for i, p in enumerate(self.core.phdrs)
@@ -413,24 +462,84 @@ class VmcoreFile:
         return [s for s in self.loads if not s.is_kernel_text]
 
     @property
+    def page_size(self) -> int:
+        return self.kdump.block_size if self.kdump is not None else PAGE_SIZE
+
+    @property
+    def page_granular(self) -> bool:
+        """True when the memory map is a page bitmap (kdump-compressed), not byte ranges."""
+        return self.kdump is not None
+
+    @property
+    def dump_level(self) -> int | None:
+        """makedumpfile's ``-d`` when the file records it (kdump-compressed only)."""
+        return self.kdump.dump_level if self.kdump is not None else None
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.kdump.warnings) if self.kdump is not None else []
+
+    @property
     def data_start(self) -> int:
         """File offset where memory data begins (the first PT_LOAD's window)."""
+        if self.kdump is not None:
+            return self.kdump.pd_offset
         return min((_rounddown(s.offset) for s in self.loads if s.filesz), default=self.file_size)
 
     @property
     def data_end(self) -> int:
         """File size a complete vmcore has: the end of the last PT_LOAD's data."""
+        if self.kdump is not None:
+            return self.file_size
         return max((s.offset + s.filesz for s in self.loads), default=self.file_size)
 
     @property
     def has_data(self) -> bool:
-        """True when every PT_LOAD's bytes are in the file."""
+        """True when every page the dump says it holds is in the file."""
+        if self.kdump is not None:
+            return not self.kdump.incomplete
         return self.file_size >= self.data_end
 
     @property
     def headers_only(self) -> bool:
         """True for a file cut before any memory data (like ``vmcore-headers.bin``)."""
+        if self.kdump is not None:
+            return False
         return self.file_size <= self.data_start
+
+    def present_ranges(self) -> list[PhysRange]:
+        """RAM the dump's memory map lists: RAM PT_LOADs (``p_memsz``), or the 1st bitmap's pages."""
+        if self.kdump is not None:
+            ps = self.page_size
+            return [(s * ps, (e + 1) * ps - 1) for s, e in self.kdump.present_runs()]
+        return _merged((s.paddr, s.end) for s in self.ram_loads if s.size > 0)
+
+    def iter_dumped_ranges(self) -> Iterator[PhysRange]:
+        """RAM whose bytes are in the file, ascending: ``p_filesz`` of each RAM PT_LOAD, or the 2nd bitmap."""
+        if self.kdump is not None:
+            ps = self.page_size
+            return ((s * ps, (e + 1) * ps - 1) for s, e in self.kdump.dumped_runs())
+        return iter(_merged((s.paddr, s.paddr + s.filesz - 1) for s in self.ram_loads if s.filesz))
+
+    def iter_filtered_ranges(self) -> Iterator[PhysRange]:
+        """RAM in the memory map whose bytes the file leaves out (a dump level's filtering), ascending."""
+        if self.kdump is not None:
+            ps = self.page_size
+            return ((s * ps, (e + 1) * ps - 1) for s, e in self.kdump.filtered_runs())
+        tails = _merged((s.paddr + s.filesz, s.end) for s in self.ram_loads if s.filesz < s.size)
+        dumped = list(self.iter_dumped_ranges())
+        out: list[PhysRange] = []
+        for s, e in tails:
+            cur = s
+            for ds, de in dumped:
+                if de < cur or ds > e:
+                    continue
+                if ds > cur:
+                    out.append((cur, ds - 1))
+                cur = max(cur, de + 1)
+            if cur <= e:
+                out.append((cur, e))
+        return iter(out)
 
     def key_vmcoreinfo(self) -> dict[str, str]:
         return {k: self.vmcoreinfo[k] for k in VMCOREINFO_KEYS if k in self.vmcoreinfo}
@@ -442,42 +551,50 @@ class VmcoreFile:
                 return seg
         return None
 
+    def _read(self, off: int, size: int) -> bytes:
+        if self.reader is not None:
+            return self.reader(off, size)
+        try:
+            f = open_regular(self.path)
+        except InputFileError:
+            return b""
+        with f:
+            f.seek(off)
+            return f.read(size)
+
     def read_phys(self, paddr: int, size: int) -> bytes | None:
-        """Bytes of physical memory from the file, or None when no PT_LOAD holds them or the file is short."""
+        """Bytes of physical memory from the file, or None when the file does not hold all of them."""
+        if self.kdump is not None:
+            ps = self.page_size
+            out = bytearray()
+            for pfn in range(paddr // ps, (paddr + size - 1) // ps + 1):
+                page = self.kdump.read_page(pfn)
+                if page is None:
+                    return None
+                out += page
+            skip = paddr % ps
+            return bytes(out[skip : skip + size])
         seg = self.segment_for(paddr, size)
         if seg is None:
             return None
         off = seg.offset + (paddr - seg.paddr)
         if off + size > self.file_size:
             return None
-        if self.reader is not None:
-            data = self.reader(off, size)
-            return data if len(data) == size else None
-        try:
-            f = open_regular(self.path)
-        except InputFileError:
-            return None
-        with f:
-            f.seek(off)
-            data = f.read(size)
+        data = self._read(off, size)
         return data if len(data) == size else None
 
 
-def _read_head(f: BinaryIO, source: str) -> bytes:
-    head = f.read(Elf64_Ehdr.SIZE)
+def _read_head(read: Callable[[int, int], bytes], source: str) -> bytes:
+    head = read(0, Elf64_Ehdr.SIZE)
     if len(head) < Elf64_Ehdr.SIZE:
         raise ElfFormatError(
             f"truncated: {len(head)} bytes, an ELF header needs {Elf64_Ehdr.SIZE}", offset=0, source=source
         )
-    if head.startswith(_KDUMP_SIGNATURE):
-        raise ElfFormatError("a makedumpfile kdump-compressed file, not ELF (convert it with makedumpfile -E)",
-                             offset=0, source=source)
     if head[:4] != ELFMAG:
         raise ElfFormatError("not an ELF file (no \\x7fELF magic)", offset=0, source=source)
     ehdr = Elf64_Ehdr.unpack(head)
     phend = ehdr.e_phoff + ehdr.e_phnum * Elf64_Phdr.SIZE
-    f.seek(0)
-    head = f.read(max(phend, Elf64_Ehdr.SIZE))
+    head = read(0, max(phend, Elf64_Ehdr.SIZE))
     core = ElfCore.parse(head, source)  # checks the header and that the program headers fit
     if len(core.notes_phdrs) > 1 or core.is_raw_elfcorehdr:
         raise ElfFormatError(
@@ -490,37 +607,130 @@ def _read_head(f: BinaryIO, source: str) -> bytes:
         raise ElfFormatError(f"PT_NOTE data ends at {note_end:#x}: too large for a vmcore's notes",
                              offset=phend, source=source)
     if note_end > len(head):
-        f.seek(0)
-        head = f.read(note_end)
+        head = read(0, note_end)
     return head
 
 
-def read_vmcore_file(path: Path) -> VmcoreFile:
-    """Open a vmcore (whole, or cut after its notes) and decode its notes.
+_COPY: Final = 1 << 20
 
-    Raises :class:`ElfFormatError` naming the file on a truncated or inconsistent file.
-    """
-    source = str(path)
+
+def _spool(src: BinaryIO, head: bytes) -> BinaryIO:
+    """A pipe's bytes in an unnamed temporary file (removed when closed), copied a piece at a time."""
+    tmp = tempfile.TemporaryFile()  # noqa: SIM115 (returned open, closed with its reader)
+    tmp.write(head)
+    while piece := src.read(_COPY):
+        tmp.write(piece)
+    tmp.flush()
+    return tmp
+
+
+def _open_stream(path: Path, source: str) -> tuple[BinaryIO, bool]:
+    """The file to read by offset and whether it came from a flattened stream."""
+    if str(path) == "-":
+        src: BinaryIO = sys.stdin.buffer
+    else:
+        src = open_regular(path)  # a FIFO or device is refused: "-" reads a pipe
+    head = src.read(MDF_HEADER.size)
+    if is_flattened(head):
+        tmp = tempfile.TemporaryFile()  # noqa: SIM115 (returned open, closed with its reader)
+        try:
+            rearrange(src, tmp, source=source, head=head)
+        except BaseException:
+            tmp.close()
+            raise
+        finally:
+            if src is not sys.stdin.buffer:
+                src.close()
+        tmp.flush()
+        return tmp, True
+    if src is sys.stdin.buffer:
+        return _spool(src, head), False
+    return src, False
+
+
+def sniff_format(path: Path) -> str:
+    """``ELF``, ``kdump-compressed``, ``flattened`` or ``unknown``, from the file's first bytes."""
+    if str(path) == "-":
+        return "unknown"
     try:
         with open_regular(path) as f:
-            head = _read_head(f, source)
-            size = f.seek(0, 2)
+            head = f.read(MDF_HEADER.size)
+    except (InputFileError, OSError):
+        return "unknown"
+    if is_flattened(head):
+        return "flattened"
+    if head[:8] == KDUMP_SIGNATURE:
+        return KDUMP_FMT
+    return "ELF" if head[:4] == ELFMAG else "unknown"
+
+
+def read_vmcore_file(path: Path) -> VmcoreFile:
+    """Open a vmcore in any format kdump writes (``-`` reads standard input): ELF whole or cut after
+    its notes, kdump-compressed, or flattened; decode its notes; read nothing else yet.
+
+    Raises :class:`ElfFormatError` or :class:`DumpFormatError` naming the file and the format on
+    a truncated or inconsistent file.
+    """
+    source = "<stdin>" if str(path) == "-" else str(path)
+    try:
+        f, flattened = _open_stream(path, source)
     except InputFileError as e:
         raise ElfFormatError(e.what, offset=0, source=source) from None
     except OSError as e:
         raise ElfFormatError(f"cannot read: {e.strerror}", offset=0, source=source) from None
-    return _decode(path, head, size)
+    src = _FileSource(f)
+    prefix = "flattened " if flattened else ""
+    sig = src.read(0, 8)
+    try:
+        if sig == KDUMP_SIGNATURE:
+            return _decode_kdump(path, src, prefix)
+        if sig == DISKDUMP_SIGNATURE:
+            raise DumpFormatError("a diskdump file (\"DISKDUMP\", the RHEL 4 era dump module): not read here; "
+                                  "crash reads it", fmt="diskdump", offset=0, source=source)
+        if sig[:4] != ELFMAG:
+            raise ElfFormatError(
+                "not a vmcore: no ELF magic, no kdump-compressed signature (\"KDUMP   \") and no flattened "
+                "signature (\"makedumpfile\")", offset=0, source=source)
+        head = _read_head(src.read, source)
+        vf = _decode(path, head, src.size)
+        return dataclasses.replace(vf, reader=src.read, dump_format=prefix + "ELF")
+    except DumpFormatError as e:
+        if flattened and e.fmt == KDUMP_FMT:
+            raise DumpFormatError(e.what, fmt=f"flattened {KDUMP_FMT} (offset in the file makedumpfile -R rebuilds)",
+                                  offset=e.offset, source=source) from None
+        raise
+    except ElfFormatError as e:
+        if flattened:
+            raise e.with_source(f"{source}: flattened ELF (offset in the file makedumpfile -R rebuilds)") from None
+        raise
+    except OSError as e:
+        raise ElfFormatError(f"cannot read: {e.strerror}", offset=0, source=source) from None
 
 
-def _decode(path: Path, head: bytes, size: int) -> VmcoreFile:
-    source = str(path)
-    core = ElfCore.parse(head, source)
-    if core.ehdr.e_machine != EM_X86_64:
-        raise ElfFormatError(f"e_machine is {core.ehdr.e_machine}: only x86_64 (62) cores are read",
-                             offset=18, source=source)
+def read_vmcore_files(paths: list[Path]) -> VmcoreFile:
+    """One vmcore, or the parts of one ``makedumpfile --split`` dump given together (any order)."""
+    if len(paths) == 1:
+        return read_vmcore_file(paths[0])
+    if any(str(p) == "-" for p in paths):
+        raise ElfFormatError("standard input (-) takes one whole dump, not a part of a split one", offset=0,
+                             source="<stdin>")
+    files = [read_vmcore_file(p) for p in paths]
+    parts: list[KdumpCompressed] = []
+    for vf in files:
+        if not isinstance(vf.kdump, KdumpCompressed):
+            raise ElfFormatError(f"{vf.dump_format}: only kdump-compressed parts of a --split dump are read "
+                                 "together", offset=0, source=str(vf.path))
+        parts.append(vf.kdump)
+    split = SplitDump(parts)
+    first = files[[vf.kdump for vf in files].index(split.parts[0])]
+    return dataclasses.replace(first, path=Path(split.source), kdump=split,
+                               dump_format=f"{first.dump_format}, {len(parts)} --split parts")
+
+
+def _decode_notes(notes: Iterable[Note], source: str) -> tuple[tuple[PrstatusNote, ...], dict[str, str]]:
     prstatus: list[PrstatusNote] = []
     vmcoreinfo: dict[str, str] = {}
-    for _, note in core.notes():
+    for note in notes:
         if note.name == "CORE" and note.n_type == NT_PRSTATUS:
             try:
                 ps = ElfPrstatus.unpack(note.desc)
@@ -529,4 +739,32 @@ def _decode(path: Path, head: bytes, size: int) -> VmcoreFile:
             prstatus.append(PrstatusNote(len(prstatus), ps, note.desc))
         elif note.name == VMCOREINFO_NOTE_NAME:
             vmcoreinfo = parse_vmcoreinfo(note.desc)
-    return VmcoreFile(path, core, size, tuple(prstatus), vmcoreinfo)
+    return tuple(prstatus), vmcoreinfo
+
+
+def _decode_kdump(path: Path, src: _FileSource, prefix: str) -> VmcoreFile:
+    source = "<stdin>" if str(path) == "-" else str(path)
+    kd = KdumpCompressed.open(src.read, src.size, source)
+    machine = kd.header.utsname.machine
+    if machine != "x86_64":
+        raise DumpFormatError(f"utsname.machine is {machine!r}: only x86_64 dumps are read", fmt=KDUMP_FMT,
+                              offset=8 + 4 + 4 * 65, source=source)
+    try:
+        prstatus, vmcoreinfo = _decode_notes(kd.iter_notes(), source)
+    except ElfFormatError as e:
+        raise DumpFormatError(f"ELF notes: {e.what}", fmt=KDUMP_FMT, offset=kd.sub.offset_note + e.offset,
+                              source=source) from None
+    if not vmcoreinfo and kd.vmcoreinfo_text:
+        vmcoreinfo = parse_vmcoreinfo(kd.vmcoreinfo_text)
+    return VmcoreFile(path, None, src.size, prstatus, vmcoreinfo, reader=src.read,
+                      dump_format=prefix + KDUMP_FMT, kdump=kd)
+
+
+def _decode(path: Path, head: bytes, size: int) -> VmcoreFile:
+    source = str(path)
+    core = ElfCore.parse(head, source)
+    if core.ehdr.e_machine != EM_X86_64:
+        raise ElfFormatError(f"e_machine is {core.ehdr.e_machine}: only x86_64 (62) cores are read",
+                             offset=18, source=source)
+    prstatus, vmcoreinfo = _decode_notes((n for _, n in core.notes()), source)
+    return VmcoreFile(path, core, size, prstatus, vmcoreinfo)

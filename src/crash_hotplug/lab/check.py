@@ -40,6 +40,8 @@ class StepResult:
     stale_vs_own_root: bool | None  # real header differs from the model of this step's own root
     skipped: str | None = None  # why this step was not compared
     vs_reference: str | None = None  # against the same step of a reference run (--against), if asked
+    real_size: int | None = None  # used bytes of the real header (ELF header + program headers + notes)
+    model_size: int | None = None  # used bytes of the model's header
 
     @property
     def ok(self) -> bool:
@@ -120,9 +122,13 @@ def check_run(
             report.steps.append(StepResult(st.name, str(st.info.get("action", "")), "-", None, None, why))
             continue
         real = st.elfcorehdr
-        diff = first_difference(model_of(src), real)
+        model_hdr = model_of(src)
+        diff = first_difference(model_hdr, real)
         own = None if src is st else first_difference(model_of(st), real) is not None
-        report.steps.append(StepResult(st.name, str(st.info.get("action", "")), src.name, diff, own))
+        result = StepResult(st.name, str(st.info.get("action", "")), src.name, diff, own)
+        report.steps.append(
+            replace(result, real_size=_used_size(real, st.name), model_size=_used_size(model_hdr, src.name))
+        )
     if against is not None:
         ref = {st.name: st for st in RunDir(against).steps()}
         for i, r in enumerate(report.steps):
@@ -192,6 +198,13 @@ def _audit_hook(run: RunDir, last: Step) -> tuple[str, bool | None, str]:
         return ("vmcore audit", False, f"audit failed: {exc}")
     findings = [getattr(f, "message", str(f)) for f in getattr(result, "findings", [])]
     return ("vmcore audit (findings)", None, "; ".join(findings) or "complete: no findings")
+
+
+def _used_size(header: bytes, what: str) -> int | None:
+    try:
+        return ElfCore.parse(header, what).used_size
+    except Exception:  # a header too damaged to size is shown as unknown; the comparison names it
+        return None
 
 
 def _ranges(loads: list[tuple[int, int]]) -> str:

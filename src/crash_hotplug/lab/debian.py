@@ -8,6 +8,8 @@ host's apt sources and state are never touched. The configuration is handed to a
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
@@ -15,8 +17,9 @@ import shutil
 import subprocess
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from crash_hotplug.lab.errors import KernelFetchError
 
@@ -43,7 +46,12 @@ SUITES: tuple[tuple[str, str], ...] = (
     ("main", "trixie"),
     ("main", "trixie-updates"),
     ("security", "trixie-security"),
+    ("main", "trixie-backports"),
+    ("main", "sid"),
 )
+# The order releases are looked up in: oldest stable first, its updates, its backports, then the
+# next stable, its backports, then unstable. A release built for one suite (``+deb12``) is in it.
+SUITE_ORDER: tuple[str, ...] = tuple(suite for _kind, suite in SUITES)
 LISTS_MAX_AGE_S = 24 * 3600
 
 Log = Callable[[str], None]
@@ -120,18 +128,36 @@ def kernel_spec(key: str) -> KernelSpec:
 
 @dataclass(frozen=True)
 class KernelPackage:
-    """An unpacked Debian kernel: its bzImage and what it is."""
+    """An unpacked kernel: its bzImage, its config where known, and where it came from."""
 
     key: str
     package: str
     version: str
     vmlinuz: Path
     release: str  # the uname -r string, e.g. 6.12.43+deb12-amd64
+    config: Path | None = None
+    packages: tuple[str, ...] = ()  # every package the files came from ("name version suite")
+    origin: str = "archive"  # archive | deb | files
 
-    def to_json(self) -> dict[str, str]:
+    def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["vmlinuz"] = str(self.vmlinuz)
+        d["config"] = None if self.config is None else str(self.config)
+        d["packages"] = list(self.packages)
         return d
+
+    @classmethod
+    def from_json(cls, meta: dict[str, Any]) -> KernelPackage:
+        return cls(
+            key=str(meta["key"]),
+            package=str(meta["package"]),
+            version=str(meta["version"]),
+            vmlinuz=Path(meta["vmlinuz"]),
+            release=str(meta["release"]),
+            config=Path(meta["config"]) if meta.get("config") else None,
+            packages=tuple(meta.get("packages", ())),
+            origin=str(meta.get("origin", "archive")),
+        )
 
 
 @dataclass(frozen=True)
@@ -197,8 +223,9 @@ class AptArchive:
             "Dir::State::status": f"{r}/state/status",
             "Dir::Cache": f"{r}/cache",
             "Dir::Cache::archives": f"{r}/archives",
-            "Dir::Cache::pkgcache": "",
-            "Dir::Cache::srcpkgcache": "",
+            # apt's binary caches: without them every apt-cache call re-parses ~150 MB of lists.
+            "Dir::Cache::pkgcache": f"{r}/cache/pkgcache.bin",
+            "Dir::Cache::srcpkgcache": f"{r}/cache/srcpkgcache.bin",
             "Dir::Log": f"{r}/log",
             "Debug::NoLocking": "true",
             "APT::Sandbox::User": "root",
@@ -223,7 +250,9 @@ class AptArchive:
             "log",
         ):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
-        (self.root / "state" / "status").touch()
+        status = self.root / "state" / "status"
+        if not status.exists():  # never touched again: a newer mtime makes apt rebuild its caches
+            status.touch()
         self._write_if_changed(self.root / "etc" / "sources.list", self.sources_list())
         self._write_if_changed(self.config_path, self.apt_conf())
 
@@ -250,8 +279,16 @@ class AptArchive:
         return proc.stdout
 
     def lists_fresh(self) -> bool:
+        """The lists are less than a day old and were fetched for this very ``sources.list``."""
         stamp = self.root / "lists" / ".updated"
-        return stamp.exists() and time.time() - stamp.stat().st_mtime < LISTS_MAX_AGE_S
+        try:
+            fresh = time.time() - stamp.stat().st_mtime < LISTS_MAX_AGE_S
+            return fresh and stamp.read_text() == self._sources_digest()
+        except OSError:
+            return False
+
+    def _sources_digest(self) -> str:
+        return hashlib.sha256(self.sources_list().encode()).hexdigest()
 
     def update(self, force: bool = False) -> None:
         """``apt-get update`` into the private lists (skipped when they are less than a day old)."""
@@ -260,7 +297,10 @@ class AptArchive:
             return
         self._log("apt-get update (private lists)")
         self._run(["apt-get", "-q", "update"])
-        (self.root / "lists" / ".updated").touch()
+        stamp = self.root / "lists" / ".updated"
+        tmp = stamp.with_name(f".updated.{os.getpid()}")
+        tmp.write_text(self._sources_digest())
+        tmp.replace(stamp)
         self._updated = True
 
     def package_names(self, prefix: str) -> list[str]:
@@ -277,6 +317,29 @@ class AptArchive:
             if len(parts) >= 3 and parts[0] == package:
                 rows.append((parts[1], parts[2]))
         return rows
+
+    def show(self, package: str, suite: str) -> str:
+        """``apt-cache show`` of ``package`` as ``suite`` has it (empty if it does not)."""
+        self.update()
+        try:
+            return self._run(["apt-cache", "show", f"{package}/{suite}"])
+        except KernelFetchError:
+            return ""
+
+    def madison_many(self, packages: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
+        """``madison`` of many packages in one apt call: name -> [(version, suite)]."""
+        self.update()
+        out: dict[str, list[tuple[str, str]]] = {p: [] for p in packages}
+        names = list(packages)
+        for i in range(0, len(names), 400):
+            text = self._run(["apt-cache", "madison", *names[i : i + 400]])
+            for line in text.splitlines():
+                parts = [p.strip() for p in line.split("|")]
+                if len(parts) >= 3 and parts[0] in out:
+                    fields = parts[2].split()
+                    suite = fields[1].split("/")[0] if len(fields) > 1 else ""
+                    out[parts[0]].append((parts[1], suite))
+        return out
 
     def download(self, package: str, suite: str | None = None) -> tuple[Path, str]:
         """Download ``package`` (from ``suite`` if given) into the archives dir; returns (deb, version)."""
@@ -334,34 +397,21 @@ class AptArchive:
         return best[3], best[4]
 
     def fetch_kernel(self, key: str) -> KernelPackage:
-        """Resolve, download and unpack the bzImage of a kernel key (cached by package and version)."""
+        """Resolve, download and unpack the bzImage and config of a kernel key (cached by package
+        and version)."""
         meta_root = cache_dir_of(self.root) / "kernels"
         pinned = meta_root / f"key-{key}.json"
         if pinned.exists() and self.lists_fresh():
-            meta = json.loads(pinned.read_text())
-            kp = KernelPackage(
-                key=key,
-                package=meta["package"],
-                version=meta["version"],
-                vmlinuz=Path(meta["vmlinuz"]),
-                release=meta["release"],
-            )
-            if kp.vmlinuz.exists():
-                return kp
+            with contextlib.suppress(KeyError, ValueError, TypeError):
+                kp = KernelPackage.from_json({"key": key, **json.loads(pinned.read_text())})
+                if kp.vmlinuz.exists() and kp.config is not None and kp.config.exists():
+                    return kp
         package, suite = self.resolve_kernel(key)
         deb, version = self.download(package, suite)
         dest = meta_root / f"{package}_{_dirsafe(version)}"
-        boot = dest / "boot"
-        if not boot.is_dir() or not list(boot.glob("vmlinuz-*")):
-            self._log(f"unpacking {deb.name}")
-            extract_from_deb(deb, dest, ["./boot/vmlinuz-*"])
-        images = sorted(boot.glob("vmlinuz-*"))
-        if not images:
-            raise KernelFetchError(f"{deb.name} has no boot/vmlinuz-*")
-        release = images[0].name.removeprefix("vmlinuz-")
-        kp = KernelPackage(key=key, package=package, version=version, vmlinuz=images[0], release=release)
-        meta_root.mkdir(parents=True, exist_ok=True)
-        pinned.write_text(json.dumps(kp.to_json(), indent=1))
+        kp = unpack_kernel([deb], dest, key=key, log=self._log)
+        kp = replace(kp, package=package, version=version, packages=(f"{package} {version} {suite}",))
+        write_atomic(pinned, json.dumps(kp.to_json(), indent=1))
         return kp
 
     def fetch_guest_tools(self) -> GuestTools:
@@ -475,6 +525,91 @@ def extract_from_deb(
             shutil.rmtree(target) if target.is_dir() else target.unlink()
         child.rename(target)
     tmp.rmdir()
+
+
+# Where Debian kernel packages keep the image and the config: /boot up to 6.x, and from the 7.x
+# packaging split /usr/lib/modules/<release>/ (linux-binary-<release>, linux-base-<release>).
+KERNEL_MEMBERS = (
+    "./boot/vmlinuz-*",
+    "./boot/config-*",
+    "./usr/lib/modules/*/vmlinuz",
+    "./usr/lib/modules/*/config",
+)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary name and a rename (the cache is shared)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def deb_field(deb: Path, name: str) -> str:
+    """One control field of a ``.deb`` (``dpkg-deb -f``); ``KernelFetchError`` if it is no package."""
+    if shutil.which("dpkg-deb") is None:
+        raise KernelFetchError("dpkg-deb is not installed")
+    proc = subprocess.run(["dpkg-deb", "-f", str(deb), name], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        why = (proc.stderr.strip().splitlines() or ["unreadable"])[-1].removeprefix("dpkg-deb: error: ")
+        raise KernelFetchError(f"{deb}: not a Debian package ({why})")
+    return proc.stdout.strip()
+
+
+def find_kernel_files(dest: Path) -> tuple[Path | None, Path | None, str | None]:
+    """``(vmlinuz, config, release)`` in an unpacked kernel tree, in either packaging layout."""
+    for vmlinuz in sorted(dest.glob("usr/lib/modules/*/vmlinuz")):
+        release = vmlinuz.parent.name
+        config = dest / "usr/lib/modules" / release / "config"
+        if not config.exists():
+            config = dest / "boot" / f"config-{release}"
+        return vmlinuz, config if config.exists() else None, release
+    for vmlinuz in sorted(dest.glob("boot/vmlinuz-*")):
+        release = vmlinuz.name.removeprefix("vmlinuz-")
+        config = dest / "boot" / f"config-{release}"
+        if not config.exists():
+            config = dest / "usr/lib/modules" / release / "config"
+        return vmlinuz, config if config.exists() else None, release
+    configs = sorted(dest.glob("usr/lib/modules/*/config")) + sorted(dest.glob("boot/config-*"))
+    return None, configs[0] if configs else None, None
+
+
+def unpack_kernel(debs: Sequence[Path], dest: Path, key: str, log: Log | None = None) -> KernelPackage:
+    """Unpack the image and config of one kernel from ``debs`` (one or, for the 7.x split,
+    ``linux-binary-*`` + ``linux-base-*``) into ``dest``; cached when ``dest`` already holds them."""
+    names = [f"{deb_field(d, 'Package')} {deb_field(d, 'Version')}" for d in debs]
+    vmlinuz, config, release = find_kernel_files(dest)
+    if vmlinuz is None or not (dest / ".complete").exists():
+        shutil.rmtree(dest, ignore_errors=True)
+        tmp = dest.with_name(f"{dest.name}.partial.{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for deb in debs:
+            if log:
+                log(f"unpacking {deb.name}")
+            extract_from_deb(deb, tmp, KERNEL_MEMBERS, allow_missing=True, merge=True)
+        (tmp / ".complete").touch()
+        tmp.rename(dest)
+        vmlinuz, config, release = find_kernel_files(dest)
+    if vmlinuz is None or release is None:
+        shutil.rmtree(dest, ignore_errors=True)
+        what = ", ".join(f"{d} ({n})" for d, n in zip(debs, names, strict=True))
+        hint = ""
+        if any(n.startswith("linux-image-") for n in names):
+            hint = "; from 7.x the image is in linux-binary-<release> and the config in linux-base-<release>"
+        raise KernelFetchError(
+            f"{what}: no kernel image in it (boot/vmlinuz-* or usr/lib/modules/<release>/vmlinuz){hint}"
+        )
+    pkg, _, version = names[0].partition(" ")
+    return KernelPackage(
+        key=key,
+        package=pkg,
+        version=version,
+        vmlinuz=vmlinuz,
+        release=release,
+        config=config,
+        packages=tuple(names),
+        origin="archive",
+    )
 
 
 def default_archive(log: Log | None = None) -> AptArchive:

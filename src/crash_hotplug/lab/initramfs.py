@@ -44,7 +44,9 @@ DYNDBG_FILES = (
     "kexec-bzimage64.c",
     "machine_kexec_64.c",
 )
-CAPTURE_CMDLINE = "console=ttyS0 nr_cpus=1 irqpoll reset_devices nokaslr"
+# acpi_no_memhotplug, as kdump-utils passes it: otherwise the capture kernel (6.12.43, 7.3) onlines
+# the still-plugged DIMMs as its own RAM and overwrites the crashed kernel's pages there.
+CAPTURE_CMDLINE = "console=ttyS0 nr_cpus=1 irqpoll reset_devices nokaslr acpi_no_memhotplug"
 READY_MARK = "@@READY"
 
 _INIT = """#!/bin/busybox sh

@@ -9,13 +9,14 @@ KeyboardInterrupt). Every QMP exchange and event goes to ``qmp.log``.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -23,6 +24,7 @@ from typing import Any
 
 from crash_hotplug.lab.errors import QemuError
 from crash_hotplug.lab.guest import SerialConsole
+from crash_hotplug.lab.quirks import MachineQuirk
 
 __all__ = [
     "ACCELS",
@@ -30,13 +32,12 @@ __all__ = [
     "KVM_FAILURE_MARKS",
     "VM",
     "MachineConfig",
+    "kvm_probe",
     "kvm_usable",
     "qemu_argv",
 ]
 
-KERNEL_CMDLINE = (
-    "console=ttyS0 crashkernel=256M nokaslr memhp_default_state=online_movable panic=0 loglevel=7"
-)
+KERNEL_CMDLINE = "console=ttyS0 crashkernel=256M nokaslr memhp_default_state=online_movable panic=0 loglevel=7"
 ACCELS: dict[str, list[str]] = {
     "tcg": ["-accel", "tcg,thread=multi", "-cpu", "max,la57=off"],
     # arch-capabilities off: some nested hosts refuse MSR 0x10a (IA32_ARCH_CAPABILITIES) at start.
@@ -75,16 +76,27 @@ class MachineConfig:
 
 
 def qemu_argv(
-    cfg: MachineConfig, accel: str, kernel: str, initrd: str, serial_sock: str, qmp_sock: str
+    cfg: MachineConfig,
+    accel: str,
+    kernel: str,
+    initrd: str,
+    serial_sock: str,
+    qmp_sock: str,
+    quirks: Sequence[MachineQuirk] = (),
 ) -> list[str]:
-    """The QEMU command line, in the order of the vectors' ``scenario.json``."""
+    """The QEMU command line, in the order of the vectors' ``scenario.json``, with the machine
+    quirks' CPU flags, machine options and arguments added."""
     if accel not in ACCELS:
         raise QemuError(f"unknown accelerator {accel!r} (known: {', '.join(ACCELS)})")
+    accel_args = list(ACCELS[accel])
+    cpu_i = accel_args.index("-cpu") + 1
+    accel_args[cpu_i] = ",".join([accel_args[cpu_i], *(f for q in quirks for f in q.cpu_flags)])
+    machine = ",".join([cfg.machine, *(o for q in quirks for o in q.machine_opts)])
     return [
         "qemu-system-x86_64",
-        *ACCELS[accel],
+        *accel_args,
         "-machine",
-        cfg.machine,
+        machine,
         "-m",
         f"{cfg.memory},slots={cfg.slots},maxmem={cfg.maxmem}",
         "-smp",
@@ -109,12 +121,43 @@ def qemu_argv(
         "-qmp",
         f"unix:{qmp_sock},server=on,wait=off",
         *cfg.extra_args,
+        *(a for q in quirks for a in q.extra_args),
     ]
 
 
 def kvm_usable() -> bool:
     """``/dev/kvm`` exists and this process may open it read-write."""
     return os.path.exists("/dev/kvm") and os.access("/dev/kvm", os.R_OK | os.W_OK)
+
+
+KVM_GET_API_VERSION = 0xAE00  # _IO(KVMIO, 0x00), include/uapi/linux/kvm.h
+KVM_CREATE_VM = 0xAE01  # _IO(KVMIO, 0x01)
+KVM_API_VERSION = 12
+
+
+def kvm_probe(dev: str = "/dev/kvm") -> tuple[bool, str]:
+    """Whether KVM works here: ``dev`` opens read-write, speaks API 12 and creates a VM; with why.
+
+    A host can pass this and still fail to run a guest (PVM hosts: the decompressor's emulation
+    failure), which the runner's boot probe then catches.
+    """
+    if not os.path.exists(dev):
+        return False, f"no {dev}"
+    try:
+        fd = os.open(dev, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return False, f"{dev} does not open read-write ({exc.strerror})"
+    try:
+        api = fcntl.ioctl(fd, KVM_GET_API_VERSION)
+        if api != KVM_API_VERSION:
+            return False, f"{dev} speaks KVM API {api}, not {KVM_API_VERSION}"
+        vm_fd = fcntl.ioctl(fd, KVM_CREATE_VM, 0)
+        os.close(vm_fd)
+    except OSError as exc:
+        return False, f"{dev} refuses to create a VM ({exc.strerror})"
+    finally:
+        os.close(fd)
+    return True, f"{dev} opens, API {KVM_API_VERSION}, creates a VM"
 
 
 class VM:
@@ -128,6 +171,7 @@ class VM:
         run_dir: Path,
         accel: str = "tcg",
         log: Log | None = None,
+        quirks: Sequence[MachineQuirk] = (),
     ) -> None:
         if shutil.which("qemu-system-x86_64") is None:
             raise QemuError("qemu-system-x86_64 is not installed (Debian package qemu-system-x86)")
@@ -138,7 +182,10 @@ class VM:
         self._sockdir = Path(tempfile.mkdtemp(prefix="chp-"))  # short path: unix sockets max 107 bytes
         self.serial_sock = self._sockdir / "serial.sock"
         self.qmp_sock = self._sockdir / "qmp.sock"
-        self.argv = qemu_argv(cfg, accel, str(kernel), str(initrd), str(self.serial_sock), str(self.qmp_sock))
+        self.quirks = tuple(quirks)
+        self.argv = qemu_argv(
+            cfg, accel, str(kernel), str(initrd), str(self.serial_sock), str(self.qmp_sock), self.quirks
+        )
         self.proc: subprocess.Popen[bytes] | None = None
         self.qmp: Any = None
         self.serial: SerialConsole | None = None
@@ -166,7 +213,8 @@ class VM:
         """Launch QEMU stopped, connect QMP and the serial console, then let the CPUs run."""
         from qemu.qmp.legacy import QEMUMonitorProtocol
 
-        self._log(f"starting QEMU ({self.accel})")
+        names = "".join(f", {q.name}" for q in self.quirks)
+        self._log(f"starting QEMU ({self.accel}{names})")
         with self._stderr_path.open("ab") as err:
             self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
         deadline = time.monotonic() + 15
@@ -258,9 +306,9 @@ class VM:
             raise QemuError(f"QMP {name} {args}: {resp['error'].get('desc', resp['error'])}")
         return resp.get("return")
 
-    def wait_event(self, name: str, timeout: float, match: Callable[[dict[str, Any]], bool] | None = None) -> (
-        dict[str, Any]
-    ):
+    def wait_event(
+        self, name: str, timeout: float, match: Callable[[dict[str, Any]], bool] | None = None
+    ) -> dict[str, Any]:
         """Wait for a QMP event (already received ones included), e.g. ``DEVICE_DELETED``."""
         deadline = time.monotonic() + timeout
         while True:

@@ -36,8 +36,11 @@ from crash_hotplug.lab.initramfs import (
     build_labtool,
     build_main_initramfs,
 )
+from crash_hotplug.lab.kconfig import KernelConfig
+from crash_hotplug.lab.kernels import KernelRequest, usable_or_raise
 from crash_hotplug.lab.plan import Plan
-from crash_hotplug.lab.qemu import KVM_FAILURE_MARKS, VM, MachineConfig, kvm_usable
+from crash_hotplug.lab.qemu import KVM_FAILURE_MARKS, VM, MachineConfig, kvm_probe
+from crash_hotplug.lab.quirks import MachineQuirk, QuirkVerdicts, hotplug_cpus, needs_quirk
 from crash_hotplug.lab.rundir import (
     KERNEL_TEXT_VADDR,
     hexrange,
@@ -120,7 +123,7 @@ class Runner:
     def __init__(
         self,
         plan: Plan,
-        kernel_key: str,
+        kernel: KernelRequest | str,
         out: Path,
         accel: str = "auto",
         report: Report | None = None,
@@ -128,20 +131,29 @@ class Runner:
         if accel not in ("auto", "kvm", "tcg"):
             raise ScenarioError(f"accel must be auto, kvm or tcg, not {accel!r}")
         self.plan = plan
-        self.kernel_key = kernel_key
+        self.request = kernel if isinstance(kernel, KernelRequest) else KernelRequest(key=kernel)
+        self.kernel_key = self.request.label
         self.out = out
         self.accel = accel
         self.report = report or (lambda _m: None)
         self.cfg = MachineConfig.from_plan(plan.machine)
         self.state = _State()
         self.scenario: dict[str, Any] = {}
+        self.mode = "unknown"
+        self.config: KernelConfig | None = None
+        self.accel_reason = ""
 
     # -- preparation ---------------------------------------------------------------------
 
     def prepare(self) -> tuple[KernelPackage, GuestTools, Path]:
         archive = default_archive(self.report)
-        kernel = archive.fetch_kernel(self.kernel_key)
-        self.report(f"kernel {kernel.package} {kernel.version}")
+        kernel = self.request.fetch(archive, self.report)
+        self.mode, self.config = usable_or_raise(kernel)
+        cfg = self.config
+        self.report(
+            f"kernel {kernel.release} ({kernel.package} {kernel.version}); crash hotplug: {self.mode}"
+            + (f", NR_CPUS={cfg.nr_cpus}" if cfg is not None else ", config unknown")
+        )
         tools = archive.fetch_guest_tools()
         labtool = build_labtool(cache_dir())
         initrd = build_main_initramfs(cache_dir(), kernel, tools, labtool)
@@ -152,12 +164,17 @@ class Runner:
 
     def _accel_order(self, kernel: KernelPackage) -> list[str]:
         if self.accel != "auto":
+            self.accel_reason = f"{self.accel}: asked for with --accel"
             return [self.accel]
-        if not kvm_usable():
+        ok, why = kvm_probe()
+        if not ok:
+            self.accel_reason = f"tcg: {why}"
             return ["tcg"]
         verdicts = self._verdicts()
         if verdicts.get(self._verdict_key(kernel)) == "tcg":
+            self.accel_reason = f"tcg: {why}, but KVM could not run this kernel on this host before (cached)"
             return ["tcg"]
+        self.accel_reason = f"kvm: {why}"
         return ["kvm", "tcg"]
 
     def _verdicts(self) -> dict[str, str]:
@@ -177,29 +194,77 @@ class Runner:
         self._accel_verdict_path().write_text(json.dumps(v, indent=1))
 
     def _boot(self, stack: contextlib.ExitStack, kernel: KernelPackage, initrd: Path) -> VM:
-        """Start the VM, on KVM first where it may work, else TCG; returns it booted to the shell."""
+        """Start the VM, on KVM first where it may work, else TCG; returns it booted to the shell.
+
+        Where the plan hot-adds vCPUs and the kernel reports it will refuse them, the machine is
+        booted again with the quirk it asks for (see ``quirks``); the verdict is cached per release.
+        """
         order = self._accel_order(kernel)
+        self.report(f"accelerator: {self.accel_reason}")
+        verdicts = QuirkVerdicts(cache_dir() / "machine-quirks.json")
+        wants_cpus = any(st["op"] == "add_cpus" for st in self.plan.steps)
         for accel in order:
-            vm = VM(self.cfg, kernel.vmlinuz, initrd, self.out, accel=accel, log=self.report)
-            t0 = time.monotonic()
+            quirks = verdicts.get(kernel.release, accel) if wants_cpus else []
             try:
-                stack.enter_context(vm)
-                if accel == "kvm" and len(order) > 1:
-                    self._wait_kvm_boot(vm)
-                vm.console.wait_for(rf"^{READY_MARK} main", BOOT_TIMEOUT)
+                vm = self._start(stack, kernel, initrd, accel, quirks, probe=accel == "kvm" and len(order) > 1)
             except (GuestTimeout, QemuError) as exc:
                 if accel == "kvm" and len(order) > 1:
                     why = " ".join(str(exc).split())[:160]
                     self.report(f"KVM cannot run this guest here ({why}); using TCG")
-                    vm.close()
                     self._save_verdict(kernel, "tcg")
+                    self.accel_reason = f"tcg: KVM could not run this kernel ({why})"
                     continue
                 raise
-            self.scenario["boot_host_s"] = round(time.monotonic() - t0, 3)
+            if wants_cpus and not quirks:
+                _rc, dmesg = vm.console.run("dmesg | grep -E 'hotplug CPUs|Unable to map lapic'", check=False)
+                asked = needs_quirk(dmesg, self.cfg.maxcpus, self.cfg.cpus, accel)
+                if asked is not None:
+                    quirk, evidence = asked
+                    self.report(f"the kernel says {evidence.split('] ', 1)[-1]!r}: booting again with {quirk.name}")
+                    vm.close()
+                    quirks = [asked]
+                    verdicts.put(kernel.release, accel, quirks)
+                    vm = self._start(stack, kernel, initrd, accel, quirks, probe=False)
+            self._record_quirks(vm, quirks)
             self.scenario["accel"] = accel
+            self.scenario["accel_reason"] = self.accel_reason
             self.report(f"booted in {self.scenario['boot_host_s']} s ({accel})")
             return vm
         raise QemuError("no accelerator could boot the guest")
+
+    def _start(
+        self,
+        stack: contextlib.ExitStack,
+        kernel: KernelPackage,
+        initrd: Path,
+        accel: str,
+        quirks: list[tuple[MachineQuirk, str]],
+        probe: bool,
+    ) -> VM:
+        vm = VM(self.cfg, kernel.vmlinuz, initrd, self.out, accel=accel, log=self.report, quirks=[q for q, _ in quirks])
+        t0 = time.monotonic()
+        try:
+            stack.enter_context(vm)
+            if probe:
+                self._wait_kvm_boot(vm)
+            vm.console.wait_for(rf"^{READY_MARK} main", BOOT_TIMEOUT)
+        except BaseException:
+            vm.close()
+            raise
+        self.scenario["boot_host_s"] = round(time.monotonic() - t0, 3)
+        return vm
+
+    def _record_quirks(self, vm: VM, quirks: list[tuple[MachineQuirk, str]]) -> None:
+        """Each applied quirk with its reason, what the kernel said that asked for it, and what it
+        says with it (scenario.json ``machine_quirks``)."""
+        _rc, dmesg = vm.console.run("dmesg | grep -E 'hotplug CPUs|Hypervisor detected'", check=False)
+        after = hotplug_cpus(dmesg)
+        hyper = next((ln.strip() for ln in dmesg.splitlines() if "Hypervisor detected" in ln), None)
+        self.scenario["machine_quirks"] = [
+            {**q.to_json(evidence), "kernel_says_with_it": [x for x in (hyper, after[2] if after else None) if x]}
+            for q, evidence in quirks
+        ]
+        self.scenario["kernel_hotplug_cpus"] = after[1] if after else None
 
     @staticmethod
     def _wait_kvm_boot(vm: VM) -> None:
@@ -226,8 +291,13 @@ class Runner:
         self.scenario = {
             "kernel": self.kernel_key,
             "scenario": self.plan.name,
+            "kernel_release": kernel.release,
+            "kernel_origin": kernel.origin,
             "kernel_package": kernel.package,
             "kernel_package_version": kernel.version,
+            "kernel_packages": list(kernel.packages),
+            "crash_hotplug_mode": self.mode,
+            "kernel_config": None if self.config is None else self.config.summary(),
             "busybox_static_version": tools.busybox_version,
             "kexec_tools_version": tools.kexec_version,
         }
@@ -488,9 +558,7 @@ class Runner:
         rest = seg[bin_size:]
         iomem = (root / "proc/iomem").read_text() if (root / "proc/iomem").exists() else ""
         expected, crash = iomem_system_ram_expected(iomem)
-        ram = sorted(
-            (p.p_paddr, p.p_paddr + p.p_memsz - 1) for p in loads if p.p_vaddr < KERNEL_TEXT_VADDR
-        )
+        ram = sorted((p.p_paddr, p.p_paddr + p.p_memsz - 1) for p in loads if p.p_vaddr < KERNEL_TEXT_VADDR)
         changed = None if st.prev_used is None else seg[:used] != st.prev_used
         info.update(
             {
@@ -517,8 +585,7 @@ class Runner:
                 "iomem_system_ram_expected": [hexrange(r) for r in expected],
                 "elfcorehdr_ram_ranges": [hexrange(r) for r in ram],
                 "iomem_rule": (
-                    "top-level 'System RAM' lines of proc/iomem minus [0, 1 MiB) and minus the "
-                    "'Crash kernel' range"
+                    "top-level 'System RAM' lines of proc/iomem minus [0, 1 MiB) and minus the 'Crash kernel' range"
                 ),
                 "crashkernel_region": hexrange(crash) if crash else None,
                 "pt_note_owners": _note_owners(root, notes),
@@ -581,9 +648,7 @@ class Runner:
         self.report(f"capture kernel up in {capture_boot:.1f} s")
         self._capture(con, pinned, banner, capture_boot)
 
-    def _capture(
-        self, con: SerialConsole, pinned: int, banner: re.Match[str] | None, boot_s: float
-    ) -> None:
+    def _capture(self, con: SerialConsole, pinned: int, banner: re.Match[str] | None, boot_s: float) -> None:
         _rc, cmdline = con.run("cat /proc/cmdline")
         _rc, ls = con.run("ls -l /proc/vmcore")
         _rc, version = con.run("cat /proc/version")
@@ -674,9 +739,7 @@ class Runner:
 
 def blocks_online(blocks: list[int]) -> str:
     """A guest shell condition: every listed memory block is online."""
-    return " && ".join(
-        f'[ "$(cat /sys/devices/system/memory/memory{b}/state 2>/dev/null)" = online ]' for b in blocks
-    )
+    return " && ".join(f'[ "$(cat /sys/devices/system/memory/memory{b}/state 2>/dev/null)" = online ]' for b in blocks)
 
 
 def _note_owners(root: Path, notes: list[Elf64_Phdr]) -> list[str]:
@@ -710,9 +773,11 @@ def _kexec_tools_elfcorehdr(kexec_debug: str) -> tuple[int, int]:
     raise ScenarioError(f"kexec -d printed no segment at the elfcorehdr address {addr:#x}")
 
 
-def run_scenario(plan: Plan, kernel_key: str, out: Path, accel: str = "auto", report: Report | None = None) -> Path:
-    """Run ``plan`` on ``kernel_key`` into ``out``; the VM is stopped whatever happens."""
+def run_scenario(
+    plan: Plan, kernel: KernelRequest | str, out: Path, accel: str = "auto", report: Report | None = None
+) -> Path:
+    """Run ``plan`` on a kernel into ``out``; the VM is stopped whatever happens."""
     try:
-        return Runner(plan, kernel_key, out, accel=accel, report=report).run()
+        return Runner(plan, kernel, out, accel=accel, report=report).run()
     except subprocess.SubprocessError as exc:
         raise LabError(str(exc)) from exc

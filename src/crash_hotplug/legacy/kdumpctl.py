@@ -21,6 +21,7 @@ from crash_hotplug.kexec.kexec_core import Kexec
 from crash_hotplug.kexec.kexec_file import KexecPayload, kexec_file_load, kexec_file_unload
 from crash_hotplug.kexec.kexec_load import kexec_load_unload, kexec_tools_load
 from crash_hotplug.kexec.kimage import Kimage
+from crash_hotplug.kexec.lock import KexecBusyError
 from crash_hotplug.machine.clock import Clock
 
 __all__ = ["KdumpService", "Throttler"]
@@ -47,6 +48,12 @@ class KdumpService:
     unloaded: list[tuple[float, float]] = field(default_factory=list)
     #: (start, end) of each interval a kexec syscall of a reload held the kexec lock
     lock_windows: list[tuple[float, float]] = field(default_factory=list)
+    #: (start, end) of each ``kdumpctl reload``, from its unload to the end of its load
+    busy: list[tuple[float, float]] = field(default_factory=list)
+    #: reloads that failed (a syscall found the kexec lock busy)
+    failed: int = 0
+    #: loads the image (the design's own syscall); default: ``kexec -s -p`` or ``kexec -p``
+    loader: Callable[[], Kimage] | None = None
     _busy: bool = False
     _waiting: deque[Callable[[], None]] = field(default_factory=deque)
 
@@ -56,8 +63,12 @@ class KdumpService:
 
     def start(self) -> Kimage:
         """``kdumpctl start``: load the crash image now."""
-        image = (kexec_file_load(self.kexec, self.payload) if self.syscall == "kexec_file_load"
-                 else kexec_tools_load(self.kexec, self.payload, hotplug=self.hotplug))
+        image: Kimage | None
+        if self.loader is not None:
+            image = self.loader()
+        else:
+            image = (kexec_file_load(self.kexec, self.payload) if self.syscall == "kexec_file_load"
+                     else kexec_tools_load(self.kexec, self.payload, hotplug=self.hotplug))
         assert image is not None
         self.image = image
         return image
@@ -71,50 +82,86 @@ class KdumpService:
         self.image = None
 
     def reload(self, done: Callable[[], None] | None = None) -> None:
-        """``kdumpctl reload``; waits for a reload in progress first (kdumpctl's lock)."""
+        """``kdumpctl reload``; waits for a reload in progress first (kdumpctl's lock).
+
+        Each syscall takes the kexec lock with a try when it starts (``-EBUSY`` if an in-kernel
+        update holds it: kdumpctl reports the failure and stops, counted in ``failed``) and holds it
+        for its cost. The unload lands at its end; the load builds the new image -- its elfcorehdr
+        from the machine as it is -- at its start, and the image becomes the crash image at its
+        end (``kexec_file_load`` and ``kexec_load`` install it last), so memory that changes during
+        a load is missing from the header it installs."""
         if self._busy:
             self._waiting.append(lambda: self.reload(done))
             return
         self._busy = True
         clock = self._clock
+        began = clock.now
         unload_s = clock.cost("kexec_unload")
         load_s = clock.cost(f"{self.syscall}")
 
-        def unload() -> None:
-            self.stop()
+        def finished(ok: bool) -> None:
+            self.busy.append((began, clock.now))
+            if not ok:
+                self.failed += 1
+            self._busy = False
+            if done is not None:
+                done()
+            if self._waiting:
+                self._waiting.popleft()()
+
+        def unloaded() -> None:
             gone = clock.now
             if self.on_step is not None:
                 self.on_step("unloaded")
 
-            def load() -> None:
-                self.start()
+            def loaded() -> None:
                 self.unloaded.append((gone, clock.now))
                 self.reloads += 1
-                self._busy = False
-                if done is not None:
-                    done()
-                if self._waiting:
-                    self._waiting.popleft()()
+                finished(True)
 
-            self._hold_lock(load_s, load)
+            if not self._syscall(load_s, self.start, loaded, install_at_end=True):
+                self.unloaded.append((gone, clock.now))
+                finished(False)
 
-        self._hold_lock(unload_s, unload)
+        if not self._syscall(unload_s, self.stop, unloaded):
+            finished(False)
 
-    def _hold_lock(self, seconds: float, then: Callable[[], None]) -> None:
-        """A syscall that takes ``seconds``: the kexec lock is held that long, its effect lands at the end."""
+    def _syscall(self, seconds: float, effect: Callable[[], object], then: Callable[[], None], *,
+                 install_at_end: bool = False) -> bool:
+        """A syscall that takes ``seconds`` holding the kexec lock; False if the lock was busy
+        (``-EBUSY``). Its ``effect`` lands at the end, or, with ``install_at_end``, runs at the start
+        with the crash image it installs hidden until the end."""
         if seconds <= 0:
+            try:
+                effect()
+            except KexecBusyError:
+                return False
             then()
-            return
-        held = self.kexec.kexec_trylock()
-        if held:
-            self.lock_windows.append((self._clock.now, self._clock.now + seconds))
+            return True
+        kexec = self.kexec
+        if install_at_end:
+            try:
+                effect()
+            except KexecBusyError:
+                return False
+            image, kexec.kexec_crash_image = kexec.kexec_crash_image, None
+        if not kexec.kexec_trylock():
+            if install_at_end:
+                kexec.kexec_crash_image = image
+            return False
+        start = self._clock.now
+        self.lock_windows.append((start, start + seconds))
 
         def finish() -> None:
-            if held:
-                self.kexec.kexec_unlock()
+            if install_at_end:
+                kexec.kexec_crash_image = image
+            kexec.kexec_unlock()
+            if not install_at_end:
+                effect()
             then()
 
         self._clock.call_later(seconds, finish, "kexec syscall")
+        return True
 
 
 @dataclass

@@ -561,6 +561,17 @@ def _assign(rule: Rule, st: _Path) -> str | None:
     return goto
 
 
+def _relevant(rule: Rule) -> bool:
+    """Whether applying this line can change what reaches kdump: it jumps, sets or clears RUN, runs a
+    command that acts on kdump, or imports properties a later line may test."""
+    for k in rule.keys:
+        if k.is_match:
+            continue
+        if k.name == "GOTO" or (k.name == "RUN" and (k.op != "+=" or kdump_effect(k.value) is not None)):
+            return True
+    return False
+
+
 def _run_file(rf: RuleFile, ev: HotplugEvent, start: _Path, probe: Probe, res: UdevResult) -> list[_Path]:
     labels: dict[str, list[int]] = {}
     for i, r in enumerate(rf.rules):
@@ -579,6 +590,12 @@ def _run_file(rf: RuleFile, ev: HotplugEvent, start: _Path, probe: Probe, res: U
             for k in matches:
                 m = _match(k, ev, st, probe, rule.where, res)
                 if m is False:
+                    verdict = False
+                    break
+                if m is None and not _relevant(rule):
+                    # applying it or not changes nothing kdump sees, except properties it may set
+                    if any(x.name == "ENV" and not x.is_match for x in rule.keys):
+                        st.env_tainted = True
                     verdict = False
                     break
                 if m is None:

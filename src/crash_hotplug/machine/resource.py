@@ -23,7 +23,10 @@ __all__ = [
 SYSTEM_RAM = "System RAM"
 CRASH_KERNEL = "Crash kernel"
 
-_LINE = re.compile(r"^( *)([0-9a-fA-F]+)-([0-9a-fA-F]+) : (.*)$")
+_LINE = re.compile(r"^( *)([0-9a-f]{4,16})-([0-9a-f]{4,16}) : (.*)$")
+#: ``MAX_PHYSMEM_BITS`` with 5-level paging on x86_64, the widest of any architecture we model;
+#: ``iomem_resource.end`` is ``(1 << x86_phys_bits) - 1`` and no resource lies above it
+PHYS_ADDR_BITS = 52
 
 
 @dataclass(slots=True)
@@ -91,11 +94,15 @@ class Resource:
         return Resource(self.start, self.end, self.name, [c.copy() for c in self.children])
 
 
-def parse_iomem(text: str, source: str = "/proc/iomem") -> Resource:
-    """The tree ``/proc/iomem`` prints (two spaces of indent per level).
+def parse_iomem(text: str, source: str = "/proc/iomem", *, phys_bits: int = PHYS_ADDR_BITS) -> Resource:
+    """The tree ``/proc/iomem`` prints (two spaces of indent per level, ``r_show``).
 
-    Raises ``ValueError`` naming the line on anything else.
+    Only what ``kernel/resource.c`` can hold is accepted: lowercase hex as ``%0*llx`` prints it,
+    every child inside its parent, siblings in ascending order without overlapping
+    (``__request_resource`` refuses a conflict; so a repeated line is an error), every address
+    below ``1 << phys_bits``. Raises ``ValueError`` naming the line on anything else.
     """
+    top = (1 << phys_bits) - 1
     root = Resource(0, (1 << 64) - 1, "PCI mem")
     stack: list[Resource] = [root]
     for lineno, line in enumerate(text.splitlines(), 1):
@@ -115,6 +122,11 @@ def parse_iomem(text: str, source: str = "/proc/iomem") -> Resource:
         start, end = int(s, 16), int(e, 16)
         if end < start:
             raise ValueError(f"{source}: line {lineno}: end {end:#x} below start {start:#x}")
+        if end > top:
+            raise ValueError(
+                f"{source}: line {lineno}: [{start:#x}-{end:#x}] ends above the {phys_bits}-bit physical "
+                f"address space (last address {top:#x})"
+            )
         del stack[depth + 1 :]
         parent = stack[depth]
         if parent is not root and not (parent.start <= start and end <= parent.end):
@@ -122,6 +134,15 @@ def parse_iomem(text: str, source: str = "/proc/iomem") -> Resource:
                 f"{source}: line {lineno}: [{start:#x}-{end:#x}] lies outside its parent "
                 f"{parent.name} [{parent.start:#x}-{parent.end:#x}]"
             )
+        if parent.children:
+            prev = parent.children[-1]
+            if start <= prev.end:
+                how = ("repeats" if (prev.start, prev.end) == (start, end) else
+                       "overlaps" if start >= prev.start else "is out of order after")
+                raise ValueError(
+                    f"{source}: line {lineno}: [{start:#x}-{end:#x}] {name} {how} its sibling "
+                    f"{prev.name} [{prev.start:#x}-{prev.end:#x}]: no kernel holds such a resource tree"
+                )
         res = Resource(start, end, name)
         parent.children.append(res)
         stack.append(res)

@@ -12,18 +12,22 @@ the image hidden during a copy -- come from the handlers and the reload path the
 from __future__ import annotations
 
 import bisect
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from crash_hotplug.crash.arch import Outcome
 from crash_hotplug.crash.ours import OursCrashHotplug
+from crash_hotplug.crash.vmcore import parse_elfcorehdr_param
 from crash_hotplug.crash.x86_64 import prepare_elf_headers
 from crash_hotplug.elf.constants import PT_LOAD, PT_NOTE
 from crash_hotplug.elf.structs import EHDR, PHDR
 from crash_hotplug.errors import CrashHotplugError
 from crash_hotplug.kexec.kimage import Kimage
+from crash_hotplug.legacy.kdumpctl import KdumpService
 from crash_hotplug.machine.clock import Clock
 from crash_hotplug.machine.kernel import START_KERNEL_MAP
-from crash_hotplug.machine.machine import GIB, Machine
+from crash_hotplug.machine.machine import Machine
 from crash_hotplug.machine.notifier import NOTIFY_OK
 from crash_hotplug.scenario import ScenarioRun
 from crash_hotplug.sim.costs import CostModel
@@ -56,7 +60,16 @@ class Timeline:
     panic_flush: bool
     end: float
     hotplug_events: int = 0
+    #: updates dropped because the kexec lock was busy (``kexec_trylock`` failed)
     dropped: int = 0
+    #: ``ours``: updates deferred until the kexec lock was released
+    deferred: int = 0
+    #: events or hotplug operations that waited for an update in progress
+    waited: int = 0
+    #: (start, end) of each ``kdumpctl reload``
+    reload_busy: list[tuple[float, float]] = field(default_factory=list)
+    #: reloads that failed (a syscall found the kexec lock held)
+    reload_failures: int = 0
     _times: list[float] = field(default_factory=list, repr=False)
 
     def state_at(self, t: float) -> tuple[bool, bool]:
@@ -81,58 +94,86 @@ def _ram_and_notes(mem_read: Callable[[int, int], bytes], addr: int) -> tuple[li
     ram: list[tuple[int, int]] = []
     notes: set[int] = set()
     for p_type, _f, _o, vaddr, paddr, _fs, memsz, _a in PHDR.iter_unpack(table):
-        if p_type == PT_LOAD and vaddr < START_KERNEL_MAP:
-            ram.append((paddr, paddr + memsz - 1))
+        if p_type == PT_LOAD and vaddr < START_KERNEL_MAP and paddr + memsz > LOW_1M:
+            # the first MiB is left out of the kernel's header and mapped by kexec-tools' (its
+            # backup region): either way the capture kernel has it, so it is not compared
+            ram.append((max(paddr, LOW_1M), paddr + memsz - 1))
         elif p_type == PT_NOTE:
             notes.add(paddr)
     return ram, notes
 
 
 def _header_addr(image: Kimage) -> int:
+    """Where the capture kernel would find the header: the active slot of the elfcorehdr segment,
+    else what ``elfcorehdr=`` says (a ``kexec_load`` image), as the panic path finds it."""
     if image.elfcorehdr_index < 0:
+        if "elfcorehdr=" in image.cmdline:
+            return parse_elfcorehdr_param(image.cmdline)
         return image.elf_load_addr
     seg = image.segments[image.elfcorehdr_index]
     return seg.mem + image.elfcorehdr_active * (seg.memsz // image.elfcorehdr_slots)
 
 
+#: below this the kernel's header and kexec-tools' differ by design (not a verdict)
+LOW_1M = 1 << 20
+
+
 class _Observer:
-    """Records (time, loaded, true) whenever something a panic depends on changed."""
+    """Records (time, loaded, true) whenever something a panic depends on changed.
+
+    Incremental: the header in memory is parsed again only when the image, its active slot or
+    memory was written since, and the header the machine needs is rebuilt only when memory or
+    the online CPUs changed; otherwise a check is a few comparisons."""
 
     def __init__(self, run: ScenarioRun) -> None:
         self.run = run
         self.states: list[tuple[float, bool, bool]] = []
-        self._fp: tuple[object, ...] | None = None
+        self.event_times: list[float] = []
         self._memory_changes = 0
+        self._hdr_key: tuple[object, ...] | None = None
+        self._hdr: tuple[list[tuple[int, int]], set[int]] = ([], set())
+        self._want_key: tuple[object, ...] | None = None
+        self._want: tuple[list[tuple[int, int]], tuple[int, ...]] = ([], ())
+        self._last: tuple[object, ...] | None = None
         run.machine.register_memory_notifier(self._memory_changed, -(1 << 31), "simulation observer")
 
     def _memory_changed(self, action: int, arg: object) -> int:
         self._memory_changes += 1
         return NOTIFY_OK
 
-    def fingerprint(self) -> tuple[object, ...]:
-        m = self.run.machine
-        img = self.run.kexec.kexec_crash_image
-        return (id(img), img.elfcorehdr_active if img else -1, m.mem.writes, self._memory_changes,
-                len(m.memory.blocks), m.cpus.online, len(m.iomem.children))
+    def event(self) -> None:
+        self.event_times.append(self.run.machine.clock.now)
 
     def check(self) -> None:
-        fp = self.fingerprint()
-        if fp == self._fp:
-            return
-        self._fp = fp
         m = self.run.machine
-        now = m.clock.now
         image = self.run.kexec.kexec_crash_image
         if image is None:
-            self._record(now, False, False)
+            if self._last is not None:
+                self._last = None
+                self._record(m.clock.now, False, False)
+            elif not self.states:
+                self._record(m.clock.now, False, False)
             return
-        ram, notes = _ram_and_notes(m.mem.read, _header_addr(image))
-        offline = [m.memory.block_range(i) for i, b in m.memory.blocks.items() if not b.online]
-        buf, _ = prepare_elf_headers(m.kernel_state(snapshot=False), offline)
-        want_ram, _ = _ram_and_notes(lambda a, n: buf[a : a + n], 0)
-        cpu_notes = m.crash_notes()
-        true = sorted(ram) == sorted(want_ram) and all(cpu_notes[c] in notes for c in m.cpus.online)
-        self._record(now, True, true)
+        hdr_key = (id(image), image.elfcorehdr_active, m.mem.writes)
+        want_key = (self._memory_changes, len(m.memory.blocks), len(m.iomem.children), m.cpus.online)
+        if (hdr_key, want_key) == self._last:
+            return
+        self._last = (hdr_key, want_key)
+        if hdr_key != self._hdr_key:
+            self._hdr_key = hdr_key
+            ram, notes = _ram_and_notes(m.mem.read, _header_addr(image))
+            self._hdr = (sorted(ram), notes)
+        if want_key != self._want_key:
+            self._want_key = want_key
+            offline = [m.memory.block_range(i) for i, b in m.memory.blocks.items() if not b.online]
+            buf, _ = prepare_elf_headers(m.kernel_state(snapshot=False), offline)
+            want_ram, _ = _ram_and_notes(lambda a, n: buf[a : a + n], 0)
+            cpu_notes = m.crash_notes()
+            self._want = (sorted(want_ram), tuple(cpu_notes[c] for c in m.cpus.online))
+        ram, notes = self._hdr
+        want_ram, want_notes = self._want
+        true = ram == want_ram and all(n in notes for n in want_notes)
+        self._record(m.clock.now, True, true)
 
     def _record(self, t: float, loaded: bool, true: bool) -> None:
         if self.states and self.states[-1][1:] == (loaded, true):
@@ -166,9 +207,18 @@ def _apply(m: Machine, op: SimOp) -> None:
     except CrashHotplugError as e:
         if isinstance(e, SimError):
             raise
-        raise SimError(f"t={op.t:.3f}s {op.op} {a}: {e}") from None
+        raise SimError(f"{op.origin or f't={op.t:.3f}s'}: {op.op} {a}: {e}") from None
     except (KeyError, IndexError) as e:
-        raise SimError(f"t={op.t:.3f}s {op.op} {a}: no such {e}") from None
+        raise SimError(f"{op.origin or f't={op.t:.3f}s'}: {op.op} {a}: no such {e}") from None
+
+
+def _legacy_setup(approach: str, costs: CostModel) -> tuple[str, str | None]:
+    """The reload syscall and the udev rule file the approach's host uses under ``costs``."""
+    if approach == "legacy":
+        return costs.legacy.syscall, costs.legacy.rules
+    if approach == "legacy-throttled":
+        return costs.throttled.syscall, costs.throttled.rules
+    return "kexec_file_load", None
 
 
 def simulate(approach: str, plan: Plan, costs: CostModel | None = None, *,
@@ -182,16 +232,44 @@ def simulate(approach: str, plan: Plan, costs: CostModel | None = None, *,
     m.clock = Clock(costs=costs)
     for name, start, size in plan.preplugged:
         m.add_dimm(size, name=name, start=start)
-    run = ScenarioRun.start(m, approach)
+    syscall, rules = _legacy_setup(approach, costs)
+    run = ScenarioRun.start(m, approach, syscall, rules=rules)
     run.load()
     obs = _Observer(run)
     obs.check()
     m.clock.after_fire.append(obs.check)
     done = [0]
     total = len(plan.ops)
+    hp = run.hotplug
+    service: list[KdumpService] = [run.kdump] if run.kdump is not None else []
+    waited_ops = [0]
+    waiting: deque[SimOp] = deque()
+
+    def wake() -> None:
+        while waiting and (hp is None or hp.notifier_returns_at() <= m.clock.now):
+            run_op(waiting.popleft())
+        if waiting and hp is not None:
+            m.clock.call_at(hp.notifier_returns_at(), wake, "device hotplug lock released")
 
     def do(op: SimOp) -> None:
-        _apply(m, op)
+        if hp is not None and (waiting or hp.notifier_returns_at() > m.clock.now):
+            # the previous operation's notifier chain (the crash update in it) still runs under
+            # the device hotplug lock: this operation waits for it, in arrival order
+            waited_ops[0] += 1
+            waiting.append(op)
+            if len(waiting) == 1:
+                m.clock.call_at(hp.notifier_returns_at(), wake, "device hotplug lock released")
+            return
+        run_op(op)
+
+    def run_op(op: SimOp) -> None:
+        if op.op == "kdump_reload":
+            if not service:
+                service.append(KdumpService(run.kexec, run.syscall, loader=run.load_image))
+            service[0].reload()
+        else:
+            _apply(m, op)
+        obs.event()
         done[0] += 1
         if on_progress is not None and (done[0] % 64 == 0 or done[0] == total):
             on_progress(done[0], total)
@@ -200,31 +278,32 @@ def simulate(approach: str, plan: Plan, costs: CostModel | None = None, *,
         m.clock.call_at(op.t, lambda op=op: do(op), op.op)  # type: ignore[misc]
     m.clock.run_until_idle()
     obs.check()
-    hp = run.hotplug
     blocked: list[tuple[float, float, str]] = []
     regen: list[float] = []
     lags: list[float] = []
-    dropped = 0
+    dropped = deferred = waited = 0
     if hp is not None:
         blocked += [(w.start, w.end, w.kind) for w in hp.windows]
         regen = list(hp.updated_at)
-        from crash_hotplug.crash.arch import Outcome
-
         dropped = hp.count(Outcome.LOCK_BUSY)
+        waited = hp.waited
         if isinstance(hp, OursCrashHotplug):
             lags = [u.lag for u in hp.updates]
+            deferred = hp.deferred
     reloads: list[float] = []
-    if run.kdump is not None:
-        blocked += [(s, e, "lock") for s, e in run.kdump.lock_windows]
-        reloads = [e for _, e in run.kdump.unloaded]
+    busy: list[tuple[float, float]] = []
+    failed = 0
+    for svc in service:
+        blocked += [(s, e, "lock") for s, e in svc.lock_windows]
+        reloads += [e for _, e in svc.unloaded]
+        busy += svc.busy
+        failed += svc.failed
     blocked.sort()
-    events = sorted(op.t for op in plan.ops)
+    events = sorted(e for e in obs.event_times)
     return Timeline(
         approach=approach, plan=plan.name, events=events, states=obs.states, blocked=blocked,
         regenerations=regen, reloads=reloads, lags=lags,
         panic_flush=isinstance(hp, OursCrashHotplug) and hp.options.coalesce,
         end=m.clock.now, hotplug_events=len(hp.records) if hp else 0, dropped=dropped,
+        deferred=deferred, waited=waited + waited_ops[0], reload_busy=busy, reload_failures=failed,
     )
-
-
-_ = GIB

@@ -37,6 +37,13 @@ class ApproachMetrics:
     regenerations: int
     hotplug_events: int
     dropped_events: int
+    deferred_events: int
+    waited_events: int
+    #: time kdumpctl and kexec were busy reloading (the union of every reload, unload to load)
+    kdump_busy_s: float
+    reload_failures: int
+    #: first to last hotplug event as they happened (later than planned when operations waited)
+    storm_s: float
     max_lag_s: float | None
     panics: int
     panics_lost: int
@@ -99,6 +106,11 @@ def measure(tl: Timeline, *, horizon: float, panics: int = 10_000, seed: int = 0
         regenerations=len(tl.regenerations),
         hotplug_events=tl.hotplug_events,
         dropped_events=tl.dropped,
+        deferred_events=tl.deferred,
+        waited_events=tl.waited,
+        kdump_busy_s=sum(e - s for s, e in _merge(tl.reload_busy)),
+        reload_failures=tl.reload_failures,
+        storm_s=(tl.events[-1] - tl.events[0]) if tl.events else 0.0,
         max_lag_s=max(tl.lags) if tl.lags else None,
         panics=panics,
         panics_lost=lost,

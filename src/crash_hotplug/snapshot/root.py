@@ -22,6 +22,7 @@ from crash_hotplug.fileio import (
     open_regular,
     read_limited,
 )
+from crash_hotplug.machine.sysfs_values import parse_decimal, parse_flag, parse_hex
 
 __all__ = ["DMESG_LIMIT", "IOMEM_LIMIT", "KALLSYMS_LIMIT", "FsRoot", "limit_for"]
 
@@ -115,10 +116,26 @@ class FsRoot:
         return self.read_text(rel, limit)
 
     def read_int(self, rel: str, base: int = 10) -> int:
-        text = self.read_text(rel).strip()
+        """A number as a ``show`` callback prints it: ``%llx`` (base 16) or unsigned ``%u`` (base 10),
+        strictly (see :mod:`crash_hotplug.machine.sysfs_values`)."""
+        text = self.read_text(rel)
         try:
-            return int(text, base)
-        except ValueError:
-            kind = "hex" if base == 16 else "decimal"
-            raise SnapshotError(self.display(rel), f"expected a {kind} number, found {text[:40]!r}") from None
+            return parse_hex(text, "value") if base == 16 else parse_decimal(text, "value")
+        except ValueError as e:
+            raise SnapshotError(self.display(rel), str(e).removeprefix("value: ")) from None
+
+    def read_flag(self, rel: str) -> bool | None:
+        """A ``0``/``1`` attribute; None when the file does not exist (the kernel lacks it).
+        Anything but ``0`` or ``1`` is an error: a value we cannot trust is not a "no"."""
+        text = self.read_optional(rel)
+        if text is None:
+            return None
+        try:
+            return parse_flag(text)
+        except ValueError as e:
+            raise SnapshotError(self.display(rel), str(e).removeprefix("flag: ")) from None
+
+    def read_optional_int(self, rel: str, base: int = 10) -> int | None:
+        """:meth:`read_int`, or None when the file does not exist."""
+        return self.read_int(rel, base) if self.exists(rel) else None
 

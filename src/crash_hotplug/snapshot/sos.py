@@ -28,7 +28,7 @@ from crash_hotplug.machine.kernel import KernelState
 from crash_hotplug.snapshot.reader import DMESG, RULE_DIRS, read_kernel_state
 from crash_hotplug.snapshot.root import FsRoot, limit_for
 
-__all__ = ["SNAPSHOT_MANIFEST", "SOS_DMESG", "SOS_UNAME", "HostRoot", "SosRoot", "is_sosreport", "open_root"]
+__all__ = ["SNAPSHOT_MANIFEST", "SOS_DMESG", "SOS_UNAME", "HostRoot", "SosRoot", "fs_root", "is_sosreport", "open_root"]
 
 SNAPSHOT_MANIFEST = "crash-hotplug-snapshot.json"
 SOS_UNAME = "sos_commands/kernel/uname_-a"
@@ -144,6 +144,11 @@ class HostRoot:
 
     def kernel_state(self, kernel_version: str | None = None) -> KernelState:
         return read_kernel_state(self.fs, kernel_version=kernel_version)
+
+
+def fs_root(path: Path) -> FsRoot:
+    """The files of the root at ``path``, read where sos keeps them when it is a sosreport."""
+    return SosRoot(path) if FsRoot(path) and is_sosreport(path) else FsRoot(path)
 
 
 def open_root(path: Path) -> HostRoot:

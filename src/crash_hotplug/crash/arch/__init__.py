@@ -35,6 +35,7 @@ class Outcome(StrEnum):
     QUEUED = "queued for a coalesced update"
     UNCHANGED = "rebuilt header identical to the one in place; nothing written"
     DEFERRED = "kexec lock busy: deferred until it is released"
+    WAITING = "waiting on the crash hotplug mutex for the update in progress"
 
 
 class ArchCrashHotplug(Protocol):
