@@ -32,6 +32,7 @@ from crash_hotplug.crash.core import CrashMem, crash_exclude_mem_range
 from crash_hotplug.crash.vmcore import PrstatusNote, VmcoreFile, read_vmcore_files
 from crash_hotplug.crash.x86_64 import SZ_1M
 from crash_hotplug.elf.constants import NT_PRSTATUS
+from crash_hotplug.elf.core import pt_load_problems
 from crash_hotplug.elf.notes import iter_notes
 from crash_hotplug.elf.prstatus import CRASH_CORE_NOTE_BYTES, USER_REGS
 from crash_hotplug.errors import ElfFormatError, SnapshotError
@@ -250,7 +251,8 @@ def read_machine_at_panic(root_dir: Path) -> MachineAtPanic:
 @dataclass(frozen=True)
 class Finding:
     """One gap: ``kind`` is ``cpu-missing``, ``cpu-extra``, ``registers-differ``, ``memory-missing``,
-    ``memory-extra``, ``bytes-differ``, ``data-truncated`` or ``dump-part`` (one part of a split dump)."""
+    ``memory-extra``, ``bytes-differ``, ``data-truncated``, ``dump-part`` (one part of a split dump) or
+    ``pt-load-layout`` (PT_LOADs that overlap or are out of order: no kernel wrote them)."""
 
     kind: str
     message: str
@@ -651,7 +653,10 @@ def _check_bytes(
 
 def audit_vmcore(vf: VmcoreFile, m: MachineAtPanic, *, samples: int = DEFAULT_SAMPLES, seed: int = 0) -> AuditReport:
     """Compare a vmcore with the machine at the panic."""
-    findings: list[Finding] = []
+    findings: list[Finding] = [
+        Finding("pt-load-layout", w)
+        for w in pt_load_problems((s.index, s.paddr, s.size) for s in vf.loads if not s.is_kernel_text)
+    ]
     notes: list[str] = []
     method, cpus = _check_cpus(vf, m, findings, notes)
     mem = _check_memory(vf, m, findings, notes)

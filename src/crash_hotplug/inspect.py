@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from crash_hotplug.crash.vmcore import VmcoreFile
-from crash_hotplug.elf.core import ElfCore
+from crash_hotplug.elf.constants import PT_LOAD
+from crash_hotplug.elf.core import ElfCore, pt_load_problems
 from crash_hotplug.elf.structs import Elf64_Phdr
 from crash_hotplug.elf.vmcoreinfo import VMCOREINFO_NOTE_NAME
 from crash_hotplug.machine.kernel import START_KERNEL_MAP
@@ -62,6 +63,8 @@ class HeaderSummary:
     kernel_text: MemRange | None = None
     ranges: list[MemRange] = field(default_factory=list)
     reserved_size: int | None = None
+    #: what no kernel writes (overlapping or unsorted PT_LOADs), one line each
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def total_ram(self) -> int:
@@ -113,6 +116,9 @@ def summarize(core: ElfCore, *, note_owners: Mapping[int, int] | None = None,
         s.vmcoreinfo = vf.key_vmcoreinfo()
         note = next((len(n.desc) for _, n in core.notes() if n.name == VMCOREINFO_NOTE_NAME), None)
         s.vmcoreinfo_size = note
+    s.warnings = pt_load_problems(
+        (i, p.p_paddr, p.p_memsz) for i, p in enumerate(core.phdrs) if p.p_type == PT_LOAD and not _is_text(p)
+    )
     for p in core.load_phdrs:
         r = MemRange(p.p_paddr, p.p_paddr + p.p_memsz - 1, p.p_vaddr)
         if _is_text(p):

@@ -206,3 +206,19 @@ def test_not_a_vmcore_at_all(tmp_path: Path, made: dict[str, Path]) -> None:
     junk.write_bytes(b"hello, world\n" * 100)
     assert_bad(audit(junk, made["root"]), "junk", "not a vmcore", "KDUMP", "makedumpfile")
     assert_bad(audit("-", made["root"], stdin=b"hello"), "<stdin>", "not a vmcore")
+
+
+def test_a_dump_makedumpfile_marked_incomplete_is_a_gap(tmp_path: Path, made: dict[str, Path]) -> None:
+    kd = read_vmcore_file(made["kd"]).kdump
+    assert kd is not None
+    data = bytearray(made["kd"].read_bytes())
+    struct.pack_into("<I", data, 424, 0x1 | 0x8)  # zlib | DUMP_DH_COMPRESSED_INCOMPLETE
+    cut = tmp_path / "incomplete.kd"
+    cut.write_bytes(bytes(data[: kd.pd_offset + 100 * PageDesc.SIZE]))  # the disk filled up
+    res = audit(cut, made["root"], "--json")
+    assert res.exit_code == 1, res.output
+    assert '"data-truncated"' in res.stdout and "incomplete" in res.stdout
+    shown = show(cut)
+    assert shown.exit_code == 0 and "incomplete" in shown.stdout
+    vf = read_vmcore_file(cut)
+    assert vf.read_phys(0x2F00000, 4096) is None  # its descriptor was never written

@@ -253,3 +253,126 @@ def test_recalibrate_from_a_real_kernel_timing_json() -> None:
     assert math.isclose(c.cost("kexec_file_load"), 0.70586745)
     assert "6.12" in c.table["kexec_file_load"].source
     assert c.cost("resize_block_interval") == CostModel.default().cost("resize_block_interval")
+
+
+def test_plot_draws_durations_to_scale() -> None:
+    """A synthetic timeline with known durations: the plot's lanes hold exactly those widths (a
+    0.4 ms window is 0.4 ms wide, not widened), each lane is labelled, instants are markers."""
+    from crash_hotplug.sim.engine import Timeline
+    from crash_hotplug.sim.plot import build_figure
+
+    tl = Timeline(approach="synthetic", plan="p", events=[1.0, 2.0],
+                  states=[(0.0, True, True), (1.0, True, False), (1.5, True, True), (3.0, False, False),
+                          (3.25, True, True)],
+                  blocked=[(1.0, 1.0004, "lock"), (2.0, 2.002, "lock"), (2.001, 2.003, "hidden")],
+                  regenerations=[1.5], reloads=[], lags=[], panic_flush=False, end=4.0)
+    m = measure(tl, horizon=5.0, panics=10)
+    fig = build_figure([tl], [m], "synthetic")
+    ax = fig.axes[0]
+    widths: dict[str, list[float]] = {}
+    for coll in ax.collections:
+        label = coll.get_label()
+        if label in ("no image", "stale", "blocked"):
+            widths[label] = sorted(float(p.vertices[:, 0].max() - p.vertices[:, 0].min()) for p in coll.get_paths())
+    assert widths["stale"] == pytest.approx([0.5])
+    assert widths["no image"] == pytest.approx([0.25])
+    assert widths["blocked"] == pytest.approx([0.0004, 0.003]), "merged, exact, not widened"
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["events / writes", "blocked", "stale", "no image"]
+    text = "\n".join(t.get_text() for t in fig.axes[1].texts)
+    assert "stale 500 ms" in text and "no image 250 ms" in text and "blocked 3.40 ms" in text, "table format"
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_table_fits_80_columns() -> None:
+    """At COLUMNS=80 every row of the results table fits: names whole, nothing wrapped."""
+    res = CliRunner().invoke(cli, ["simulate", "resize", "--from", "4G", "--to", "8G", "--panics", "100"],
+                             env={"COLUMNS": "80"}, terminal_width=80)
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    rows = [ln for ln in lines if ln.split()[:1] and ln.split()[0] in
+            ("legacy", "legacy-throttled", "rfc", "upstream", "ours")]
+    assert [r.split()[0] for r in rows] == ["legacy", "legacy-throttled", "rfc", "upstream", "ours"]
+    width = max(len(r) for r in rows)
+    assert width <= 80, rows
+    header = lines[lines.index(rows[0]) - 3: lines.index(rows[0])]
+    assert all(len(h) <= 80 for h in header) and "settle" in header[0]
+    assert all(len(r.split()) == len(rows[0].split()) for r in rows), "no value wrapped onto another line"
+    assert "costs: seed" in res.output and "Traceback" not in res.output
+    wide = CliRunner().invoke(cli, ["simulate", "resize", "--from", "4G", "--to", "8G", "--panics", "100", "--wide",
+                                    "--costs-table"])
+    assert wide.exit_code == 0 and "lost [95% CI]" in wide.output and "cost profile seed" in wide.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--block", "1"], "--block: 1 bytes is not a memory block size"),
+    (["--block", "4K"], "--block: 4096 bytes is not a memory block size"),
+    (["--block", "192M"], "not a memory block size x86_64 can have"),
+    (["--block", "4G"], "not a memory block size x86_64 can have"),
+    (["--to", "99999999999999999999"], "--to: 99999999999999999999 is beyond the 52-bit physical address space"),
+    (["--to", "5P"], "beyond the 52-bit physical address space"),
+    (["--to", "lots"], "--to: not a size"),
+    (["--from", "0"], "--from: the guest needs some memory"),
+    (["--to", "4096T", "--dimm", "128M"], "at most 300000 are simulated"),
+    (["--reload-at", "inf"], "--reload-at"),
+])
+def test_resize_arguments_are_checked(args: list[str], message: str) -> None:
+    res = CliRunner().invoke(cli, ["simulate", "resize", *args])
+    assert res.exit_code == 2, res.output
+    assert message in res.output and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) <= 4
+
+
+@pytest.mark.parametrize("line, message", [
+    ("{not json", "line 2: not JSON"),
+    ("[1]", "line 2: expected an object"),
+    ('{"t": 1, "action": "online", "subsystem": "memory"}', "line 2: missing kernel"),
+    ('{"t": null, "action": "online", "subsystem": "memory", "kernel": "memory9"}', "line 2: t: expected seconds"),
+    ('{"t": 1e999, "action": "online", "subsystem": "memory", "kernel": "memory9"}', "line 2: t: expected seconds"),
+    ('{"t": 1, "action": 5, "subsystem": "memory", "kernel": "memory9"}', "line 2: action: expected a non-empty"),
+    ('{"t": 1, "action": "online", "subsystem": "memory", "kernel": "cpu9"}', "line 2: kernel: 'cpu9' is not a"),
+    ('{"t": 1, "action": "explode", "subsystem": "memory", "kernel": "memory9"}', "line 2: action: 'explode'"),
+    ('{"t": 1, "action": "add", "subsystem": "memory", "kernel": "memory999999999"}', "line 2: memory999999999 lies"),
+])
+def test_replay_lines_are_checked_with_file_and_line(tmp_path: Path, line: str, message: str) -> None:
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"t": 0, "action": "add", "subsystem": "memory", "kernel": "memory300"}\n' + line + "\n")
+    res = CliRunner().invoke(cli, ["simulate", "replay", str(log), "--panics", "10"])
+    assert res.exit_code == 2, res.output
+    assert f"{log}: {message}" in res.output and "Traceback" not in res.output
+
+
+def test_replay_errors_while_running_name_the_line(tmp_path: Path) -> None:
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"t": 0, "action": "add", "subsystem": "cpu", "kernel": "cpu1"}\n')
+    res = CliRunner().invoke(cli, ["simulate", "replay", str(log), "--panics", "10", "--approach", "upstream"])
+    assert res.exit_code == 2 and f"{log}: line 1: cpu_add" in res.output, res.output
+
+
+def test_inputs_that_are_not_regular_files_fail_cleanly(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for args in (["convert-udev", "/dev/zero", "-o", str(tmp_path / "o.jsonl")],
+                 ["convert-udev", str(fifo), "-o", str(tmp_path / "o.jsonl")],
+                 ["replay", str(fifo)],
+                 ["cpu", "--costs", str(fifo)],
+                 ["cpu", "--costs", "/dev/zero"]):
+        res = CliRunner().invoke(cli, ["simulate", *args])
+        assert res.exit_code == 2, (args, res.output)
+        assert "expected a regular file" in res.output and "Traceback" not in res.output, (args, res.output)
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_outputs_are_checked_before_any_work(tmp_path: Path) -> None:
+    src = tmp_path / "monitor.txt"
+    src.write_text("KERNEL[1.000000] online /devices/system/memory/memory64 (memory)\n")
+    for args in (["convert-udev", str(src), "-o", "/dev/full"],
+                 ["convert-udev", str(src), "-o", str(tmp_path / "missing" / "o.jsonl")],
+                 ["resize", "--to", "512G", "--plot", str(tmp_path / "missing" / "p.png")]):
+        res = CliRunner().invoke(cli, ["simulate", *args])
+        assert res.exit_code == 2, (args, res.output)
+        assert "cannot write" in res.output and "Traceback" not in res.output

@@ -43,6 +43,8 @@ def elfcorehdr_build(root: Path, output: Path, kernel_version: str | None) -> No
 
 def print_summary(s: HeaderSummary, title: str) -> None:
     out.print(f"[bold]{title}[/bold]: {s.kind}, e_phnum {s.e_phnum}, header {s.used_size} bytes")
+    for w in s.warnings:
+        out.print(f"warning: {w}", markup=False, soft_wrap=True)
     t = Table(title="CPU notes", show_edge=False)
     for col in ("#", "cpu", "paddr", "size", "pid", "rip"):
         t.add_column(col, justify="right")
@@ -170,10 +172,14 @@ def elfcorehdr_show(file: Path, root: Path | None, segment_size: int | None, as_
 def elfcorehdr_diff(a: Path, b: Path, as_json: bool) -> None:
     """Say what changed from A to B: CPUs added/removed, ranges added/removed/resized.
     Exit 0 when they describe the same machine, 1 when they differ (as diff(1) does), 2 on bad input."""
-    d = diff_headers(summarize(read_core_file(a)), summarize(read_core_file(b)))
+    sa, sb = summarize(read_core_file(a)), summarize(read_core_file(b))
+    d = diff_headers(sa, sb)
+    warnings = [f"{f}: {w}" for f, s in ((a, sa), (b, sb)) for w in s.warnings]
     if as_json:
-        click.echo(json.dumps(d.to_json(), indent=1))
+        click.echo(json.dumps({**d.to_json(), "warnings": warnings}, indent=1))
         sys.exit(0 if d.empty else 1)
+    for w in warnings:
+        out.print(f"warning: {w}", markup=False, soft_wrap=True)
     if d.empty:
         out.print("no change in CPUs, memory, VMCOREINFO or kernel text")
         return

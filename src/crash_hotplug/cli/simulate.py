@@ -30,6 +30,7 @@ from crash_hotplug.sim.plans import (
     with_reloads,
 )
 from crash_hotplug.sim.run import Comparison, compare
+from crash_hotplug.sim.units import fmt_duration, fmt_num, unit_for
 
 __all__ = ["simulate"]
 
@@ -38,46 +39,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _ci(k: int, n: int, ci: tuple[float, float]) -> str:
     return f"{k} [{100 * ci[0]:.2f}-{100 * ci[1]:.2f}%]" if n else "-"
-
-
-#: (name, seconds) units a column of durations can be shown in
-_UNITS = (("min", 60.0), ("s", 1.0), ("ms", 1e-3), ("us", 1e-6))
-
-
-def _unit_for(values: list[float | None]) -> tuple[str, float]:
-    """The largest unit in which the column's largest value is at least 1 (seconds for zeros)."""
-    big = max((v for v in values if v), default=0.0)
-    if big == 0:
-        return "s", 1.0
-    for name, scale in _UNITS:
-        if name == "min" and big < 600:
-            continue
-        if big >= scale:
-            return name, scale
-    return _UNITS[-1]
-
-
-def fmt_num(x: float) -> str:
-    """Three significant figures at most, never an exponent: the table's and the plot's format."""
-    if x == 0:
-        return "0"
-    if abs(x) >= 100:
-        return f"{x:.0f}"
-    if abs(x) >= 10:
-        return f"{x:.1f}"
-    if abs(x) >= 1:
-        return f"{x:.2f}"
-    if abs(x) >= 0.01:
-        return f"{x:.3f}".rstrip("0")
-    return "<0.01"
-
-
-def fmt_duration(v: float | None, unit: tuple[str, float] | None = None) -> str:
-    """A duration in ``unit`` (or the best unit for it), as the table and the plot print it."""
-    if v is None:
-        return "never"
-    name, scale = unit or _unit_for([v])
-    return fmt_num(v / scale) if unit else f"{fmt_num(v / scale)} {name}"
 
 
 def _pct(k: int, n: int) -> str:
@@ -89,7 +50,7 @@ def _table(c: Comparison, wide: bool) -> Table:
     cols: list[tuple[str, list[str]]] = []
 
     def durations(title: str, values: list[float | None]) -> None:
-        unit = _unit_for(values)
+        unit = unit_for(values)
         cols.append((f"{title}\n{unit[0]}", [fmt_duration(v, unit) for v in values]))
 
     durations("settle", [m.settle_s for m in ms])

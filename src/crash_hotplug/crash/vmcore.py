@@ -15,6 +15,7 @@ reading only the bytes it is asked for.
 from __future__ import annotations
 
 import dataclasses
+import errno
 import os
 import re
 import sys
@@ -677,6 +678,9 @@ def read_vmcore_file(path: Path) -> VmcoreFile:
     except InputFileError as e:
         raise ElfFormatError(e.what, offset=0, source=source) from None
     except OSError as e:
+        if e.errno == errno.ENOSPC:
+            raise ElfFormatError(f"no room in {tempfile.gettempdir()} for the file the stream is rebuilt into: "
+                                 "point TMPDIR at a larger directory", offset=0, source=source) from None
         raise ElfFormatError(f"cannot read: {e.strerror}", offset=0, source=source) from None
     src = _FileSource(f)
     prefix = "flattened " if flattened else ""

@@ -7,7 +7,7 @@ failure is an :class:`ElfFormatError` carrying the offset and what was wrong.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from crash_hotplug.elf.structs import Elf64_Ehdr, Elf64_Phdr
 from crash_hotplug.errors import ElfFormatError, InputFileError
 from crash_hotplug.fileio import file_size, open_regular, read_at
 
-__all__ = ["MAX_NOTES_BYTES", "ElfCore", "read_core_file"]
+__all__ = ["MAX_NOTES_BYTES", "ElfCore", "pt_load_problems", "read_core_file"]
 
 #: the most PT_NOTE bytes :func:`read_core_file` reads from a vmcore: 8192 CPUs' NT_PRSTATUS
 #: (336 bytes each) and VMCOREINFO come to about 3 MiB
@@ -165,3 +165,40 @@ def read_core_file(path: Path) -> ElfCore:
             return ElfCore(data, core.ehdr, core.phdrs, source, size)
     except InputFileError as e:
         raise ElfFormatError(e.what, offset=0, source=source) from None
+
+
+def pt_load_problems(loads: Iterable[tuple[int, int, int]], *, limit: int = 8) -> list[str]:
+    """What no kernel writes in the memory PT_LOADs of a header or vmcore, one line each.
+
+    ``loads`` are ``(program header index, p_paddr, p_memsz)`` of the RAM ranges, without the
+    kernel-text mapping (which aliases RAM by design). ``crash_prepare_elf64_headers`` writes one
+    PT_LOAD per System RAM range in ascending address order, and System RAM ranges never overlap
+    (``kernel/resource.c``), so a PT_LOAD that overlaps another, starts below the one before it or
+    is empty cannot come from a kernel. At most ``limit`` lines, then a count of the rest.
+    """
+    items = sorted(loads)
+    out: list[str] = []
+    prev: tuple[int, int, int] | None = None
+    for i, start, size in items:
+        if size == 0:
+            out.append(f"PT_LOAD {i} at {start:#x} has p_memsz 0: a kernel writes no empty range")
+        elif start + size > 1 << 64:
+            out.append(f"PT_LOAD {i} [{start:#x}, +{size:#x}) runs past the 64-bit address space")
+        if prev is not None and start < prev[1]:
+            out.append(f"PT_LOAD {i} at {start:#x} comes after PT_LOAD {prev[0]} at {prev[1]:#x}: "
+                       "not in ascending address order as a kernel writes them")
+        prev = (i, start, size)
+    by_start = sorted(items, key=lambda t: (t[1], t[0]))
+    reach: tuple[int, int, int] | None = None  # the range reaching furthest so far
+    for i, start, size in by_start:
+        if size == 0:
+            continue
+        if reach is not None and start < reach[1] + reach[2]:
+            j, rs, rz = reach
+            out.append(f"PT_LOAD {i} [{start:#x}-{start + size - 1:#x}] overlaps PT_LOAD {j} "
+                       f"[{rs:#x}-{rs + rz - 1:#x}]: a kernel's RAM ranges never overlap")
+        if reach is None or start + size > reach[1] + reach[2]:
+            reach = (i, start, size)
+    if len(out) > limit:
+        out[limit:] = [f"and {len(out) - limit} more PT_LOAD layout problems"]
+    return out

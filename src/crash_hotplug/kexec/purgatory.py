@@ -331,7 +331,7 @@ def sha256_segments(segments: Iterable[tuple[bytes, int, int]]) -> tuple[list[tu
     (``kexec_calculate_store_digests`` / kexec-tools ``update_purgatory``)."""
     h = hashlib.sha256()
     regions: list[tuple[int, int]] = []
-    zero = bytes(4096)
+    zero = _ZEROS
     for buf, mem, memsz in segments:
         h.update(buf)
         rest = memsz - len(buf)
@@ -341,6 +341,10 @@ def sha256_segments(segments: Iterable[tuple[bytes, int, int]]) -> tuple[list[tu
             rest -= n
         regions.append((mem, memsz))
     return regions, h.digest()
+
+
+#: the zero padding after a segment's buffer, hashed a MiB at a time
+_ZEROS = memoryview(bytes(1 << 20))
 
 
 def verify_sha256_digest(mem: MemoryReader, regions_addr: int, digest_addr: int, *,

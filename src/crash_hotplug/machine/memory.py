@@ -24,7 +24,7 @@ from crash_hotplug.machine.notifier import (
     notifier_to_errno,
 )
 from crash_hotplug.machine.physmem import PAGE_SIZE, PhysMem
-from crash_hotplug.machine.resource import SYSTEM_RAM, Resource
+from crash_hotplug.machine.resource import SYSTEM_RAM, Resource, walk_system_ram_res
 
 __all__ = [
     "AUTO_ONLINE_POLICIES",
@@ -201,7 +201,7 @@ class MemoryHotplug:
         return self.chain.call_chain(action, arg)
 
     def _ram_covers(self, addr: int) -> bool:
-        return any(r.is_system_ram and r.start <= addr <= r.end for _, r in self.iomem.walk())
+        return any(s <= addr <= e for s, e in walk_system_ram_res(self.iomem))
 
     # -- blocks ------------------------------------------------------------------------------
     def block(self, index: int) -> MemoryBlock:

@@ -86,16 +86,18 @@ class PhysMem:
         self._fills = sorted(kept)
 
     def read(self, paddr: int, size: int) -> bytes:
-        out = bytearray()
-        pos, end = paddr, paddr + size
-        while pos < end:
-            pfn, off = divmod(pos, PAGE_SIZE)
-            n = min(PAGE_SIZE - off, end - pos)
-            page = self._pages.get(pfn)
-            src = page if page is not None else self._unwritten(pfn)
-            out += src[off : off + n]
-            pos += n
-        return bytes(out)
+        if size <= 0:
+            return b""
+        first, off = divmod(paddr, PAGE_SIZE)
+        last = (paddr + size - 1) // PAGE_SIZE
+        pages = self._pages
+        unwritten = self._unwritten if self._fills else lambda pfn: page_pattern(pfn, self.seed)
+        if first == last:
+            page = pages.get(first)
+            return bytes((page if page is not None else unwritten(first))[off : off + size])
+        parts = [pages.get(pfn) or unwritten(pfn) for pfn in range(first, last + 1)]
+        whole = b"".join(parts)
+        return whole[off : off + size] if off or len(whole) != size else whole
 
     def write(self, paddr: int, data: bytes) -> None:
         self.writes += 1

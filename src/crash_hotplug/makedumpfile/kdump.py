@@ -235,11 +235,14 @@ class KdumpCompressed:
         if not self.start_pfn <= pfn < self.end_pfn or not self.second.test(pfn):
             return None
         index = self.rank.rank(pfn) - self.rank.rank(self.start_pfn)
-        if self.incomplete and self.pd_offset + (index + 1) * PageDesc.SIZE > self.file_size:
-            return None
-        pd = self._desc(index, pfn)
-        if self.incomplete and pd.offset == 0:
-            return None
+        if self.incomplete:
+            # makedumpfile stopped writing: descriptors and data past where it stopped are not there
+            try:
+                pd = self._desc(index, pfn)
+            except DumpFormatError:
+                return None
+        else:
+            pd = self._desc(index, pfn)
         data = self.read(pd.offset, pd.size)
         if not pd.flags:
             return data

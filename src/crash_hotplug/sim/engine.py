@@ -12,8 +12,9 @@ the image hidden during a copy -- come from the handlers and the reload path the
 from __future__ import annotations
 
 import bisect
+import sys
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from crash_hotplug.crash.arch import Outcome
@@ -28,7 +29,9 @@ from crash_hotplug.legacy.kdumpctl import KdumpService
 from crash_hotplug.machine.clock import Clock
 from crash_hotplug.machine.kernel import START_KERNEL_MAP
 from crash_hotplug.machine.machine import Machine
+from crash_hotplug.machine.memory import MEM_OFFLINE, MEM_ONLINE, MemoryNotify
 from crash_hotplug.machine.notifier import NOTIFY_OK
+from crash_hotplug.machine.physmem import PAGE_SIZE
 from crash_hotplug.scenario import ScenarioRun
 from crash_hotplug.sim.costs import CostModel
 from crash_hotplug.sim.plans import Plan, SimOp
@@ -93,7 +96,16 @@ def _ram_and_notes(mem_read: Callable[[int, int], bytes], addr: int) -> tuple[li
     table = mem_read(addr + EHDR.size, phnum * PHDR.size)
     ram: list[tuple[int, int]] = []
     notes: set[int] = set()
-    for p_type, _f, _o, vaddr, paddr, _fs, memsz, _a in PHDR.iter_unpack(table):
+    if len(table) % 8 == 0 and sys.byteorder == "little":
+        # a program header is seven 64-bit words: (p_type | p_flags << 32, offset, vaddr, paddr,
+        # filesz, memsz, align); read the four columns at C speed
+        q = memoryview(table).cast("Q")
+        rows: Iterable[tuple[int, int, int, int]] = zip(q[0::7].tolist(), q[2::7].tolist(), q[3::7].tolist(),
+                                                        q[5::7].tolist(), strict=True)
+    else:
+        rows = ((t, v, p, m) for t, _f, _o, v, p, _fs, m, _a in PHDR.iter_unpack(table))
+    for word, vaddr, paddr, memsz in rows:
+        p_type = word & 0xFFFFFFFF
         if p_type == PT_LOAD and vaddr < START_KERNEL_MAP and paddr + memsz > LOW_1M:
             # the first MiB is left out of the kernel's header and mapped by kexec-tools' (its
             # backup region): either way the capture kernel has it, so it is not compared
@@ -135,11 +147,31 @@ class _Observer:
         self._want_key: tuple[object, ...] | None = None
         self._want: tuple[list[tuple[int, int]], tuple[int, ...]] = ([], ())
         self._last: tuple[object, ...] | None = None
+        self._offline: set[int] | None = None
+        self._nblocks = 0
         run.machine.register_memory_notifier(self._memory_changed, -(1 << 31), "simulation observer")
 
-    def _memory_changed(self, action: int, arg: object) -> int:
+    def _memory_changed(self, action: int, arg: MemoryNotify) -> int:
         self._memory_changes += 1
+        if action in (MEM_ONLINE, MEM_OFFLINE) and self._offline is not None:
+            index = arg.start_pfn * PAGE_SIZE // self.run.machine.memory.block_size
+            (self._offline.discard if action == MEM_ONLINE else self._offline.add)(index)
         return NOTIFY_OK
+
+    def _offline_ranges(self) -> list[tuple[int, int]]:
+        """Offline blocks (kept up to date from the notifier; rebuilt when blocks come or go)."""
+        blocks = self.run.machine.memory.blocks
+        if self._offline is None or len(blocks) != self._nblocks:
+            self._offline = {i for i, b in blocks.items() if not b.online}
+            self._nblocks = len(blocks)
+        size = self.run.machine.memory.block_size
+        out: list[tuple[int, int]] = []
+        for i in sorted(self._offline):
+            if out and out[-1][1] + 1 == i * size:
+                out[-1] = (out[-1][0], (i + 1) * size - 1)
+            else:
+                out.append((i * size, (i + 1) * size - 1))
+        return out
 
     def event(self) -> None:
         self.event_times.append(self.run.machine.clock.now)
@@ -165,8 +197,7 @@ class _Observer:
             self._hdr = (sorted(ram), notes)
         if want_key != self._want_key:
             self._want_key = want_key
-            offline = [m.memory.block_range(i) for i, b in m.memory.blocks.items() if not b.online]
-            buf, _ = prepare_elf_headers(m.kernel_state(snapshot=False), offline)
+            buf, _ = prepare_elf_headers(m.kernel_state(snapshot=False), self._offline_ranges())
             want_ram, _ = _ram_and_notes(lambda a, n: buf[a : a + n], 0)
             cpu_notes = m.crash_notes()
             self._want = (sorted(want_ram), tuple(cpu_notes[c] for c in m.cpus.online))
@@ -184,15 +215,22 @@ class _Observer:
             self.states.append((t, loaded, true))
 
 
-def _apply(m: Machine, op: SimOp) -> None:
+def _apply(m: Machine, op: SimOp, blocks_of: dict[str, list[int]] | None = None) -> None:
+    """Run one operation on the machine; ``blocks_of`` caches each DIMM's block indices."""
     a = op.args
+    cache = {} if blocks_of is None else blocks_of
     try:
         if op.op == "dimm_add":
             m.add_dimm(int(a["size"]), name=str(a["name"]), start=a.get("start"), online="offline")
+            cache.pop(str(a["name"]), None)
         elif op.op in ("block_online", "block_offline"):
-            idx = m.memory.dimm_blocks(str(a["dimm"]))[int(a["block"])]
+            name = str(a["dimm"])
+            if name not in cache:
+                cache[name] = m.memory.dimm_blocks(name)
+            idx = cache[name][int(a["block"])]
             (m.memory_block_online if op.op == "block_online" else m.memory_block_offline)(idx)
         elif op.op == "dimm_remove":
+            cache.pop(str(a["name"]), None)
             m.remove_dimm(str(a["name"]))
         elif op.op == "cpu_add":
             m.cpu_hot_add(int(a["cpu"]))
@@ -244,6 +282,7 @@ def simulate(approach: str, plan: Plan, costs: CostModel | None = None, *,
     service: list[KdumpService] = [run.kdump] if run.kdump is not None else []
     waited_ops = [0]
     waiting: deque[SimOp] = deque()
+    blocks_of: dict[str, list[int]] = {}
 
     def wake() -> None:
         while waiting and (hp is None or hp.notifier_returns_at() <= m.clock.now):
@@ -268,7 +307,7 @@ def simulate(approach: str, plan: Plan, costs: CostModel | None = None, *,
                 service.append(KdumpService(run.kexec, run.syscall, loader=run.load_image))
             service[0].reload()
         else:
-            _apply(m, op)
+            _apply(m, op, blocks_of)
         obs.event()
         done[0] += 1
         if on_progress is not None and (done[0] % 64 == 0 or done[0] == total):

@@ -1,9 +1,13 @@
-"""The timeline of each approach in one picture: hotplug events, header regenerations or full
-reloads, and what a panic would have met -- no crash image (red), a stale header (orange), kdump
-blocked by the kexec lock or a hidden image (purple, shaded by the share of time blocked; red and
-orange drawn over it).
+"""The timeline of each approach in one picture, every duration drawn to scale.
 
-Left: the whole run until the slowest approach settled. Right: the storm itself."""
+One row per approach, each with labelled lanes: ``no image`` (red: no crash image loaded),
+``stale`` (orange: loaded, not describing the machine), ``blocked`` (purple: the kexec lock held or
+the image hidden), and a marker track for instants (grey: hotplug events; blue: header writes, by
+reload or in-kernel update). Durations are exact spans (``broken_barh``), never widened to be seen:
+a sub-millisecond window is as thin as it is. Each row's figures use the table's number format.
+
+Left: the whole run until the slowest approach settled. Right: the storm itself.
+"""
 
 from __future__ import annotations
 
@@ -13,52 +17,80 @@ from typing import Any
 
 from crash_hotplug.sim.engine import Timeline
 from crash_hotplug.sim.metrics import ApproachMetrics
+from crash_hotplug.sim.units import fmt_duration
 
-__all__ = ["plot_timelines"]
+__all__ = ["LANES", "build_figure", "lane_spans", "plot_timelines"]
 
 RED, ORANGE, PURPLE, BLUE, GREY = "#d62728", "#ff9f1c", "#7b2cbf", "#1f77b4", "#888888"
+#: lanes of a row, bottom to top: (label, colour); the marker track is the lowest
+LANES = (("events", GREY), ("blocked", PURPLE), ("stale", ORANGE), ("no image", RED))
+_LANE_H = 0.8
 
 
-def _blocked_share(tl: Timeline, lo: float, hi: float, bins: int) -> list[float]:
-    width = (hi - lo) / bins
-    share = [0.0] * bins
-    for s, e, _ in tl.blocked:
-        s, e = max(s, lo), min(e, hi)
-        if e <= s:
-            continue
-        b0, b1 = int((s - lo) / width), min(bins - 1, int((e - lo) / width))
-        for b in range(b0, b1 + 1):
-            bs, be = lo + b * width, lo + (b + 1) * width
-            share[b] += max(0.0, min(e, be) - max(s, bs)) / width
-    return share
+def _merge(iv: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for s, e in sorted(iv):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
 
 
-def _lane(ax: Any, tl: Timeline, lo: float, hi: float, horizon: float, bottom: bool) -> None:
-    bins = 600
-    width = (hi - lo) / bins
-    for b, share in enumerate(_blocked_share(tl, lo, hi, bins)):
-        if share > 1e-3:
-            ax.axvspan(lo + b * width, lo + (b + 1) * width, ymin=0.55, ymax=0.95, color=PURPLE, lw=0,
-                       alpha=min(1.0, 0.1 + 4 * share))
-    states = [*tl.states, (horizon, True, True)]
-    for (t, loaded, true), (nxt, _, _) in itertools.pairwise(states):
-        if nxt <= lo or t >= hi or nxt <= t:
+def lane_spans(tl: Timeline, horizon: float) -> dict[str, list[tuple[float, float]]]:
+    """The exact ``(start, end)`` spans of each duration lane (blocked windows merged)."""
+    unloaded: list[tuple[float, float]] = []
+    stale: list[tuple[float, float]] = []
+    for (t, loaded, true), (nxt, _, _) in itertools.pairwise([*tl.states, (horizon, True, True)]):
+        end = min(nxt, horizon)
+        if end <= t:
             continue
         if not loaded:
-            ax.axvspan(max(t, lo), min(nxt, hi), ymin=0.55, ymax=0.95, color=RED, lw=0)
+            unloaded.append((t, end))
         elif not true:
-            ax.axvspan(max(t, lo), min(nxt, hi), ymin=0.55, ymax=0.95, color=ORANGE, lw=0)
-    ax.vlines([e for e in tl.events if lo <= e <= hi], 0.05, 0.25, color=GREY, lw=0.3)
+            stale.append((t, end))
+    return {"no image": unloaded, "stale": stale,
+            "blocked": _merge([(s, min(e, horizon)) for s, e, _ in tl.blocked if s < horizon])}
+
+
+def _row(ax: Any, tl: Timeline, spans: dict[str, list[tuple[float, float]]], lo: float, hi: float,
+         bottom: bool) -> None:
+    for y, (label, colour) in enumerate(LANES):
+        if label == "events":
+            continue
+        seen = [(s, e - s) for s, e in spans[label] if e > lo and s < hi]
+        if seen:
+            ax.broken_barh(seen, (y - _LANE_H / 2, _LANE_H), facecolors=colour, linewidth=0, label=label)
     marks = tl.regenerations or tl.reloads
-    ax.vlines([m for m in marks if lo <= m <= hi], 0.3, 0.5, color=BLUE, lw=0.5)
-    ax.set_yticks([])
-    ax.set_ylim(0, 1)
+    ax.vlines([e for e in tl.events if lo <= e <= hi], -0.4, 0.0, color=GREY, lw=0.3)
+    ax.vlines([m for m in marks if lo <= m <= hi], 0.0, 0.4, color=BLUE, lw=0.3)
+    ax.set_yticks(range(len(LANES)), ["events / writes", *[label for label, _ in LANES[1:]]], fontsize=6.5)
+    ax.set_ylim(-0.6, len(LANES) - 0.4)
     ax.set_xlim(lo, hi)
+    ax.grid(axis="x", lw=0.3, alpha=0.5)
     if not bottom:
         ax.tick_params(labelbottom=False)
 
 
-def plot_timelines(timelines: list[Timeline], metrics: list[ApproachMetrics], out: Path, title: str) -> None:
+def _summary(tl: Timeline, m: ApproachMetrics) -> str:
+    what = "regenerations" if tl.regenerations else "reloads"
+    lines = [
+        f"settle {fmt_duration(m.settle_s)}",
+        f"no image {fmt_duration(m.unloaded_s)}",
+        f"stale {fmt_duration(m.stale_s)}",
+        f"blocked {fmt_duration(m.blocked_s)}",
+        f"{what} {len(tl.regenerations or tl.reloads)}",
+        f"lost {m.panics_lost}, incomplete {m.panics_incomplete} of {m.panics}",
+    ]
+    if m.dropped_events or m.deferred_events:
+        lines.append(f"dropped {m.dropped_events}, deferred {m.deferred_events}")
+    if tl.panic_flush:
+        lines.append("(a panic lands pending updates)")
+    return "\n".join(lines)
+
+
+def build_figure(timelines: list[Timeline], metrics: list[ApproachMetrics], title: str) -> Any:
+    """The figure (matplotlib, Agg backend), for :func:`plot_timelines` and for tests to read."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,36 +98,45 @@ def plot_timelines(timelines: list[Timeline], metrics: list[ApproachMetrics], ou
     from matplotlib.patches import Patch
 
     horizon = max(m.horizon_s for m in metrics)
-    storm_end = max((tl.events[-1] for tl in timelines if tl.events), default=horizon) * 1.03 + 0.5
-    fig, axes = plt.subplots(len(timelines), 2, figsize=(14, 1.8 + 1.2 * len(timelines)), squeeze=False,
+    storm_end = min(horizon, max((tl.events[-1] for tl in timelines if tl.events), default=horizon) * 1.03 + 0.5)
+    fig, axes = plt.subplots(len(timelines), 2, figsize=(14, 1.4 + 1.5 * len(timelines)), squeeze=False,
                              gridspec_kw={"width_ratios": [3, 2]})
     for row, (tl, m) in enumerate(zip(timelines, metrics, strict=True)):
         last = row == len(timelines) - 1
-        _lane(axes[row, 0], tl, 0.0, horizon, horizon, last)
-        _lane(axes[row, 1], tl, 0.0, min(storm_end, horizon), horizon, last)
-        axes[row, 0].set_ylabel(tl.approach, rotation=0, ha="right", va="center", fontsize=10)
-        settle = "never" if m.settle_s is None else f"{m.settle_s:.3g} s"
-        marks = len(tl.regenerations) if tl.regenerations else len(tl.reloads)
-        what = "regenerations" if tl.regenerations else "reloads"
-        axes[row, 1].text(
-            1.01, 0.5,
-            f"settle {settle}\nno image {m.unloaded_s:.3g} s\nstale {m.stale_s:.3g} s\n{what} {marks}\n"
-            f"lost {m.panics_lost}, incomplete {m.panics_incomplete} of {m.panics}"
-            + ("\n(a panic lands pending updates)" if tl.panic_flush else ""),
-            transform=axes[row, 1].transAxes, fontsize=7.5, va="center")
-    axes[0, 0].set_title("whole run (until the slowest approach settled)", fontsize=9)
-    axes[0, 1].set_title("the storm", fontsize=9)
+        spans = lane_spans(tl, horizon)
+        _row(axes[row, 0], tl, spans, 0.0, horizon, last)
+        _row(axes[row, 1], tl, spans, 0.0, storm_end, last)
+        axes[row, 1].tick_params(labelleft=False)
+        axes[row, 0].set_title(tl.approach, loc="left", fontsize=9, fontweight="bold", pad=2)
+        axes[row, 1].text(1.01, 0.5, _summary(tl, m), transform=axes[row, 1].transAxes, fontsize=7, va="center")
+    axes[0, 0].set_title(f"{timelines[0].approach}    whole run ({fmt_duration(horizon)}, until the slowest "
+                         "approach settled)", loc="left", fontsize=9, fontweight="bold", pad=2)
+    axes[0, 1].set_title(f"the storm ({fmt_duration(storm_end)})", fontsize=9, pad=2)
     axes[-1, 0].set_xlabel("seconds since the first hotplug event")
     axes[-1, 1].set_xlabel("seconds")
-    fig.suptitle(title, y=0.99, fontsize=11)
+    fig.suptitle(title, y=0.995, fontsize=11)
     fig.legend(handles=[
-        Patch(color=GREY, label="hotplug event"),
-        Patch(color=BLUE, label="header regenerated / image reloaded"),
+        Patch(color=GREY, label="hotplug event (marker)"),
+        Patch(color=BLUE, label="header written: reload or update (marker)"),
         Patch(color=RED, label="no crash image loaded"),
         Patch(color=ORANGE, label="header stale"),
         Patch(color=PURPLE, label="kdump blocked (lock held, image hidden)"),
-    ], loc="upper center", bbox_to_anchor=(0.5, 0.955), ncol=5, fontsize=8, frameon=False)
-    fig.subplots_adjust(left=0.11, right=0.86, top=0.86 - 0.02 * (6 - len(timelines)), bottom=0.1,
-                        hspace=0.2, wspace=0.05)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
+    ], loc="upper center", bbox_to_anchor=(0.5, 0.97), ncol=5, fontsize=8, frameon=False)
+    fig.subplots_adjust(left=0.07, right=0.85, top=0.93 - 0.01 * (6 - len(timelines)), bottom=0.07,
+                        hspace=0.45, wspace=0.03)
+    return fig
+
+
+def plot_timelines(timelines: list[Timeline], metrics: list[ApproachMetrics], out: Path, title: str) -> None:
+    """Write the timelines to a PNG at ``out``."""
+    import matplotlib.pyplot as plt
+
+    from crash_hotplug.errors import CrashHotplugError
+
+    fig = build_figure(timelines, metrics, title)
+    try:
+        fig.savefig(out, dpi=110)
+    except OSError as e:
+        raise CrashHotplugError(f"{out}: cannot write: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)
