@@ -16,8 +16,9 @@ from crash_hotplug.crash.panic import DumpLost, crash_kexec
 from crash_hotplug.crash.x86_64 import prepare_elf_headers
 from crash_hotplug.elf.compare import first_difference
 from crash_hotplug.kexec.kexec_core import kimage_verify_digest
-from crash_hotplug.machine.machine import GIB, Machine
+from crash_hotplug.machine.machine import GIB
 from crash_hotplug.scenario import BASE_STEPS, SCRIPTED_STEPS, ScenarioRun, run_scenario
+from crash_hotplug.snapshot.model import machine_from_snapshot
 from tests.conftest import VECTORS, last_rebuild_step, needs_vectors, vector_steps
 
 BEFORE_PANIC = SCRIPTED_STEPS[:-1]
@@ -150,7 +151,7 @@ def test_rfc_header_in_digest_without_repatch_breaks_the_dump() -> None:
 
 def _vector_run(kernel: str) -> ScenarioRun:
     assert VECTORS is not None
-    machine = Machine.from_snapshot(VECTORS / kernel / "base/S0/root")
+    machine = machine_from_snapshot(VECTORS / kernel / "base/S0/root")
     design = "upstream" if machine.config.crash_hotplug else "none"
     return ScenarioRun.start(machine, design)
 

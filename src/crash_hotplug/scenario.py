@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,22 +28,26 @@ from crash_hotplug.crash.ours import OursCrashHotplug, OursOptions
 from crash_hotplug.crash.panic import PanicResult, crash_kexec, write_panic_artifacts
 from crash_hotplug.crash.vmcore import VmcoreFile
 from crash_hotplug.elf.structs import Elf64_Ehdr
-from crash_hotplug.errors import CrashHotplugError
+from crash_hotplug.errors import CrashHotplugError, InputFileError
+from crash_hotplug.fileio import TEXT_FILE_LIMIT, read_text_limited
 from crash_hotplug.kexec.kexec_core import Kexec
 from crash_hotplug.kexec.kexec_file import KexecPayload, kexec_file_load
 from crash_hotplug.kexec.kexec_load import kexec_tools_load
 from crash_hotplug.kexec.kimage import Kimage, kimage_find_elfcorehdr
 from crash_hotplug.legacy.kdumpctl import KdumpService
 from crash_hotplug.legacy.udevd import RULES_ALWAYS_RELOAD, RULES_CRASH_HOTPLUG_AWARE, UdevDaemon, bundled_rules
+from crash_hotplug.machine.cpumask import NR_CPUS_MAX
 from crash_hotplug.machine.machine import MIB, Machine
 
 __all__ = [
     "BASE_STEPS",
     "SCENARIO_DESIGNS",
     "SCRIPTED_STEPS",
+    "STEP_SCHEMA",
     "InjectedPanic",
     "ScenarioError",
     "ScenarioRun",
+    "check_steps",
     "inject_panics",
     "load_steps",
     "run_scenario",
@@ -166,16 +171,24 @@ class ScenarioRun:
             raise ScenarioError(f"unknown step op {op!r}")
         try:
             handler(self, step)
-        except (KeyError, ValueError) as e:
+        except (KeyError, ValueError, TypeError) as e:
             raise ScenarioError(f"step {dict(step)}: {e}") from None
         if op != "panic":
             # the system settles before the next step (udev, throttler and reloads finish)
             self.machine.clock.run_until_idle()
         self.log.append(str(dict(step)))
 
-    def run(self, steps: Iterable[Mapping[str, Any]]) -> ScenarioRun:
-        for s in steps:
-            self.apply(s)
+    def run(self, steps: Iterable[Mapping[str, Any]], source: str | None = None) -> ScenarioRun:
+        """Apply ``steps`` in order; with ``source`` (the step file) a step that cannot run is an
+        error naming the file and the step index."""
+        for i, s in enumerate(steps):
+            if source is None:
+                self.apply(s)
+                continue
+            try:
+                self.apply(s)
+            except CrashHotplugError as e:
+                raise ScenarioError(f"{source}: step {i} ({s.get('op')}): {e}") from None
         return self
 
     def audit(self, out_dir: Path, *, samples: int = 64, write_vmcore: bool = False) -> AuditReport | None:
@@ -320,25 +333,116 @@ def inject_panics(design: str, setup: Iterable[Mapping[str, Any]], update: Mappi
     return results
 
 
+# -- the step-file schema ------------------------------------------------------------------------
+
+#: the largest DIMM a step may add: 16 TiB, far beyond any hotplug slot
+MAX_DIMM_MIB = 16 << 20
+
+
+def _int_field(v: Any, lo: int, hi: int) -> str | None:
+    """Why ``v`` is not an integer in ``[lo, hi]`` (JSON true/false, null, 1.5, "2" are not); None if it is."""
+    if type(v) is not int:
+        return f"must be an integer, found {json.dumps(v)[:40]}"
+    if not lo <= v <= hi:
+        return f"must be in [{lo}, {hi}], found {v}"
+    return None
+
+
+def _dimm_start(v: Any) -> str | None:
+    if isinstance(v, str):
+        if not re.fullmatch(r"0x[0-9a-fA-F]{1,16}|[0-9]{1,20}", v):
+            return f"must be an address (an integer, or a string in hex with 0x), found {json.dumps(v)[:40]}"
+        v = int(v[2:], 16) if v.startswith("0x") else int(v, 10)
+    if type(v) is not int:
+        return f"must be an address (an integer, or a string in hex with 0x), found {json.dumps(v)[:40]}"
+    if v < 0 or v % (128 * MIB) or v >= 1 << 52:
+        return f"must be a 128 MiB-aligned address below 2^52, found {v:#x}"
+    return None
+
+
+def _panic_cpu(v: Any) -> str | None:
+    return None if v == "last_online" else _int_field(v, 0, NR_CPUS_MAX - 1)
+
+
+def _flag(v: Any) -> str | None:
+    return None if isinstance(v, bool) else f"must be true or false, found {json.dumps(v)[:40]}"
+
+
+_Check = Callable[[Any], "str | None"]
+_CPU: _Check = lambda v: _int_field(v, 0, NR_CPUS_MAX - 1)  # noqa: E731
+#: op -> (required fields, optional fields), each field with its check
+STEP_SCHEMA: dict[str, tuple[dict[str, _Check], dict[str, _Check]]] = {
+    "load": ({}, {}),
+    "add_dimm": ({}, {"size_mib": lambda v: _int_field(v, 128, MAX_DIMM_MIB) or (
+        None if v % 128 == 0 else f"must be a multiple of 128 (the memory block size), found {v}"),
+        "idx": lambda v: _int_field(v, 1, 1 << 16), "start": _dimm_start}),
+    "del_dimm": ({"idx": lambda v: _int_field(v, 1, 1 << 16)}, {}),
+    "add_cpus": ({}, {"n": lambda v: _int_field(v, 1, NR_CPUS_MAX)}),
+    "offline_cpu": ({"cpu": _CPU}, {}),
+    "online_cpu": ({"cpu": _CPU}, {}),
+    "remove_cpu": ({"cpu": _CPU}, {}),
+    "panic": ({}, {"cpu": _panic_cpu, "busy": _flag}),
+}
+
+
+def check_steps(data: Any, source: str) -> list[dict[str, Any]]:
+    """The steps if every one is valid, checked as a whole before anything runs; otherwise one
+    :class:`ScenarioError` naming ``source``, the step index and the field."""
+    if not isinstance(data, list):
+        raise ScenarioError(f"{source}: expected a list of steps (or a scenario with plan.steps), "
+                            f"found {type(data).__name__}")
+    out: list[dict[str, Any]] = []
+    for i, step in enumerate(data):
+        where = f"{source}: step {i}"
+        if not isinstance(step, dict):
+            raise ScenarioError(f"{where}: expected an object with an 'op', found {json.dumps(step)[:40]}")
+        op = step.get("op")
+        if not isinstance(op, str) or op not in STEP_SCHEMA:
+            raise ScenarioError(f"{where}: op {json.dumps(op)[:40]} is not one of {', '.join(STEP_SCHEMA)}")
+        required, optional = STEP_SCHEMA[op]
+        for key in required:
+            if key not in step:
+                raise ScenarioError(f"{where} ({op}): field {key!r} is missing")
+        for key, value in step.items():
+            if key == "op":
+                continue
+            check = required.get(key) or optional.get(key)
+            if check is None:
+                known = ", ".join([*required, *optional]) or "none"
+                raise ScenarioError(f"{where} ({op}): unknown field {key[:40]!r} (fields: {known})")
+            why = check(value)
+            if why is not None:
+                raise ScenarioError(f"{where} ({op}): field {key!r} {why}")
+        if out and out[-1]["op"] == "panic":
+            raise ScenarioError(f"{where} ({op}): comes after the panic step; the machine is down")
+        out.append(dict(step))
+    return out
+
+
 def load_steps(path: Path) -> list[dict[str, Any]]:
-    """Steps from a JSON file: a list of step objects, or a scenario file with ``plan.steps``."""
+    """Steps from a JSON file: a list of step objects, or a scenario file with ``plan.steps``,
+    read bounded and validated as a whole (:func:`check_steps`)."""
     try:
-        data = json.loads(path.read_text())
-    except OSError as e:
-        raise ScenarioError(f"{path}: cannot read: {e.strerror}") from None
+        text = read_text_limited(path, TEXT_FILE_LIMIT)
+    except InputFileError as e:
+        raise ScenarioError(str(e)) from None
+    try:
+        data = json.loads(text)
     except json.JSONDecodeError as e:
         raise ScenarioError(f"{path}: not JSON ({e.msg} at line {e.lineno})") from None
+    except RecursionError:
+        raise ScenarioError(f"{path}: not a step file (JSON nested too deeply)") from None
     if isinstance(data, dict):
-        data = data.get("plan", data).get("steps")
-    if not isinstance(data, list) or not all(isinstance(s, dict) and "op" in s for s in data):
-        raise ScenarioError(f"{path}: expected a list of steps, each an object with an 'op'")
-    return data
+        plan = data.get("plan", data)
+        data = plan.get("steps") if isinstance(plan, dict) else None
+    return check_steps(data, str(path))
 
 
 def run_scenario(steps: Iterable[Mapping[str, Any]], *, design: str = "upstream", syscall: str = "kexec_file_load",
                  mem_gib: float = 4, cpus: int = 2, kernel: str = "6.12.43", possible: int = 8,
-                 options: OursOptions | None = None) -> ScenarioRun:
-    """Run ``steps`` on a new machine (default: the 4 GiB, 2-CPU guest on 6.12)."""
+                 options: OursOptions | None = None, source: str | None = None) -> ScenarioRun:
+    """Run ``steps`` on a new machine (default: the 4 GiB, 2-CPU guest on 6.12); ``source`` names
+    the step file in errors."""
     machine = Machine.new(mem_gib=mem_gib, cpus=cpus, kernel=kernel, possible=possible)
-    return ScenarioRun.start(machine, design, syscall, options).run(steps)
+    return ScenarioRun.start(machine, design, syscall, options).run(steps, source)
 

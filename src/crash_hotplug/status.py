@@ -206,7 +206,12 @@ def kdump_status(root_dir: Path) -> KdumpStatus:
     )
     loaded = _flag(host, "sys/kernel/kexec_crash_loaded")
     st.crash_loaded = None if not isinstance(loaded, int) else bool(loaded)
-    if loaded is None or loaded == "absent":
+    if loaded == "absent":
+        st.crash_loaded = False
+        st.risks.append(Risk("no-kexec", "the kernel has no /sys/kernel/kexec_crash_loaded (no CONFIG_KEXEC_CORE): "
+                             "no crash kernel can be loaded, a panic is never dumped",
+                             "run a kernel built with CONFIG_KEXEC_CORE and CONFIG_CRASH_DUMP"))
+    elif loaded is None:
         st.unknown.append(f"whether a crash kernel is loaded: {host.why_unknown('sys/kernel/kexec_crash_loaded')}")
     st.kernel_has_crash_hotplug = _has_crash_hotplug(host, st, release)
     _header(host, st)
@@ -273,7 +278,7 @@ def _verdicts(st: KdumpStatus, subsystem: str) -> dict[str, bool | None]:
 
 
 def _risks(host: HostRoot, st: KdumpStatus) -> None:
-    if st.crash_loaded is False:
+    if st.crash_loaded is False and not any(r.code == "no-kexec" for r in st.risks):
         st.risks.append(Risk("not-loaded", "no crash kernel is loaded (/sys/kernel/kexec_crash_loaded is 0): a panic "
                              "now is not dumped", "load one: kdumpctl start, kdump-config load, or systemctl start "
                              "kdump"))

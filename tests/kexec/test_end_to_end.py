@@ -17,7 +17,8 @@ from crash_hotplug.machine.machine import GIB, Machine
 from crash_hotplug.machine.memory import MEM_OFFLINE, MEM_ONLINE, MemoryNotify
 from crash_hotplug.machine.notifier import NOTIFY_OK
 from crash_hotplug.machine.physmem import MODEL_STATE_FILE
-from crash_hotplug.machine.snapshot_writer import snapshot_files, write_snapshot
+from crash_hotplug.snapshot.model import snapshot_files
+from crash_hotplug.snapshot.writer import write_snapshot
 from tests.conftest import needs_vectors, vector_steps
 
 
@@ -61,7 +62,7 @@ def test_hotplug_then_panic_audits_complete(tmp_path: Path) -> None:
     m.cpu_online(3)
     panic(m, 3)
     assert kimage_verify_digest(image, m)
-    root = write_snapshot(m, tmp_path / "root")
+    root = write_snapshot(m, tmp_path / "root").root
     report = audit(capture(m, image, tmp_path), root)
     assert report.complete, [f.to_json() for f in report.findings]
     assert report.cpu_method in ("crash_notes", "machine.json")
@@ -78,7 +79,7 @@ def test_stale_header_after_dimm_removal_is_found(tmp_path: Path) -> None:
     m.add_dimm(GIB)
     m.remove_dimm("dimm1")
     panic(m, 1)
-    report = audit(capture(m, image, tmp_path), write_snapshot(m, tmp_path / "root"))
+    report = audit(capture(m, image, tmp_path), write_snapshot(m, tmp_path / "root").root)
     assert [f.kind for f in report.findings] == ["memory-extra"], "the header still lists the removed DIMM"
     assert "0x100000000-0x13fffffff" in report.findings[0].message
 

@@ -21,6 +21,7 @@ from crash_hotplug.kexec.lock import KexecBusyError
 from crash_hotplug.kexec.purgatory import PurgatoryDigestMismatch, unpack_sha_regions
 from crash_hotplug.machine.machine import GIB, Machine
 from crash_hotplug.machine.protmem import ProtectedMemoryWriteError
+from crash_hotplug.snapshot.model import machine_from_snapshot
 from tests.conftest import VectorStep, needs_vectors, vector_steps
 
 S0 = [s for s in vector_steps() if s.name == "S0"]
@@ -50,7 +51,7 @@ def test_load_places_segments_and_header_as_the_kernel_did(step: VectorStep) -> 
     found = re.search(r"Loaded 64bit kernel at \S+ bufsz=\S+ memsz=(0x[0-9a-f]+)", dmesg)
     assert found is not None
     payload = KexecPayload(bytes(kernel_bufsz), int(found.group(1), 16), bytes(initrd_bufsz))
-    m = Machine.from_snapshot(step.root)
+    m = machine_from_snapshot(step.root)
     kx = Kexec(m)
     image = kexec_file_load(kx, payload, KEXEC_FILE_ON_CRASH | KEXEC_FILE_DEBUG)
     assert image is not None
@@ -182,7 +183,7 @@ def test_lock_busy_refuses_load_and_hides_hotplug_support() -> None:
 
 
 def test_sysfs_reflects_kexec_state() -> None:
-    from crash_hotplug.machine.snapshot_writer import snapshot_files
+    from crash_hotplug.snapshot.model import snapshot_files
 
     m, _kx, _ = load()
     f = snapshot_files(m)

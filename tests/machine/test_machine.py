@@ -17,8 +17,9 @@ from crash_hotplug.machine.memory import MEM_OFFLINE, MEM_ONLINE, MemoryNotify
 from crash_hotplug.machine.notifier import NOTIFY_OK
 from crash_hotplug.machine.physmem import MODEL_STATE_FILE
 from crash_hotplug.machine.resource import iomem_render
-from crash_hotplug.machine.snapshot_writer import snapshot_files, write_snapshot
+from crash_hotplug.snapshot.model import machine_from_snapshot, snapshot_files
 from crash_hotplug.snapshot.reader import read_kernel_state
+from crash_hotplug.snapshot.writer import write_snapshot
 from tests.conftest import VECTORS, VectorStep, needs_vectors, vector_steps
 
 STEPS = vector_steps()
@@ -53,7 +54,7 @@ def header(m: Machine) -> bytes:
 @needs_vectors
 @pytest.mark.parametrize("step", STEPS, ids=[s.id for s in STEPS])
 def test_from_snapshot_builds_the_same_header_as_the_reader(step: VectorStep) -> None:
-    m = Machine.from_snapshot(step.root)
+    m = machine_from_snapshot(step.root)
     built = header(m)
     diff = first_difference(prepare_elf_headers(read_kernel_state(step.root))[0], built)
     assert diff is None, diff
@@ -64,7 +65,7 @@ def test_from_snapshot_builds_the_same_header_as_the_reader(step: VectorStep) ->
 @needs_vectors
 @pytest.mark.parametrize("step", STEPS, ids=[s.id for s in STEPS])
 def test_written_snapshot_equals_the_vector_files(step: VectorStep) -> None:
-    m = Machine.from_snapshot(step.root)
+    m = machine_from_snapshot(step.root)
     m.kexec = _Status(step.root)
     files = snapshot_files(m)
     real = {str(p.relative_to(step.root)) for p in step.root.rglob("*") if p.is_file()}
@@ -77,11 +78,11 @@ def test_written_snapshot_equals_the_vector_files(step: VectorStep) -> None:
 @needs_vectors
 @pytest.mark.parametrize("step", STEPS, ids=[s.id for s in STEPS])
 def test_round_trip(step: VectorStep, tmp_path: Path) -> None:
-    m = Machine.from_snapshot(step.root)
+    m = machine_from_snapshot(step.root)
     m.cpus.cpu(m.cpus.online[-1]).counter = 7
-    first = write_snapshot(m, tmp_path / "a")
-    again = Machine.from_snapshot(first)
-    second = write_snapshot(again, tmp_path / "b")
+    first = write_snapshot(m, tmp_path / "a").root
+    again = machine_from_snapshot(first)
+    second = write_snapshot(again, tmp_path / "b").root
     assert read_kernel_state(first) == read_kernel_state(step.root)
     s1, s2 = read_kernel_state(first), read_kernel_state(second)
     assert s1 == s2
@@ -197,7 +198,7 @@ def test_from_the_bundled_example_snapshot() -> None:
     from crash_hotplug.cli import example_root
 
     root = example_root()
-    m = Machine.from_snapshot(root)
+    m = machine_from_snapshot(root)
     assert header(m) == prepare_elf_headers(read_kernel_state(root))[0]
 
 
@@ -222,7 +223,7 @@ def test_crashkernel_high_reserves_a_low_region_too(tmp_path: Path) -> None:
     m = Machine.new(mem_gib=8, kernel="6.12.43", crashkernel="512M,high")
     assert m.crashk_res == (0x220000000, 0x23FFFFFFF), "top of the RAM above 4 GiB (5 GiB of the 8)"
     assert m.crashk_low_res == (0xAF000000, 0xBEFFFFFF)
-    state = read_kernel_state(write_snapshot(m, tmp_path))
+    state = read_kernel_state(write_snapshot(m, tmp_path).root)
     assert (state.crashk_res, state.crashk_low_res) == (m.crashk_res, m.crashk_low_res)
     assert first_difference(prepare_elf_headers(state)[0], header(m)) is None
     _, nr_ranges = prepare_elf_headers(m.kernel_state())

@@ -77,7 +77,13 @@ def status(root: Path, as_json: bool) -> None:
 @root_option
 @fails_cleanly
 def snapshot(output: Path, root: Path) -> None:
-    """Write a snapshot of the machine state under ROOT (default: this host) to OUTPUT."""
+    """Write a snapshot of the machine state under ROOT (default: this host) to OUTPUT, a new or
+    empty directory: every file the elfcorehdr builder reads, as read, plus a manifest of what
+    could not be seen and why.
+
+    Exit 0: every file the builder needs was read; 1: the snapshot was written but some files
+    could not be seen (each listed: not root, kernel without the feature, not present); 2: unusable
+    ROOT or OUTPUT."""
     rep = write_snapshot(root, output)
     out.print(f"{output}: {rep.files_written} files")
     for line in rep.cannot_see:

@@ -26,7 +26,7 @@ from crash_hotplug.crash.vmcore import (
 from crash_hotplug.errors import ElfFormatError
 from crash_hotplug.kexec.kexec_core import Kexec, kimage_verify_digest
 from crash_hotplug.machine.machine import Machine
-from crash_hotplug.machine.snapshot_writer import write_snapshot
+from crash_hotplug.snapshot.writer import write_snapshot
 
 __all__ = ["DumpLost", "PanicResult", "crash_kexec", "crash_save_cpu", "write_panic_artifacts"]
 
@@ -98,7 +98,7 @@ def write_panic_artifacts(machine: Machine, result: PanicResult, out_dir: Path, 
     """The machine at the panic as a snapshot (``out_dir/root``, with ``panic_cpu`` and the pages the
     kernel wrote in ``machine.json``) and, with ``vmcore``, the whole vmcore (``out_dir/vmcore``)."""
     machine.panic_cpu = result.panic_cpu
-    root = write_snapshot(machine, out_dir / "root")
+    root = write_snapshot(machine, out_dir / "root").root
     if result.vmcore is None or not vmcore:
         return root, None
     vmcore_path = out_dir / "vmcore"

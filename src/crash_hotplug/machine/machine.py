@@ -12,16 +12,14 @@ itself as :attr:`Machine.kexec` (see :class:`KexecStatus`).
 from __future__ import annotations
 
 import contextlib
-import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final, Protocol
 
 from crash_hotplug.elf.prstatus import CRASH_CORE_NOTE_BYTES
 from crash_hotplug.elf.vmcoreinfo import VMCOREINFO_NOTE_SIZE, build_vmcoreinfo_note
-from crash_hotplug.errors import CrashHotplugError, SnapshotError
+from crash_hotplug.errors import CrashHotplugError
 from crash_hotplug.machine.clock import Clock
 from crash_hotplug.machine.cpu import CpuHotplug, CpuhpCallback, CpuNotPossibleError
 from crash_hotplug.machine.kernel import PAGE_OFFSET_L4, START_KERNEL_MAP, KernelConfig, KernelState, KernelVersion
@@ -37,13 +35,11 @@ from crash_hotplug.machine.memory import (
 )
 from crash_hotplug.machine.notifier import NOTIFY_OK, NotifierBlock
 from crash_hotplug.machine.percpu import PcpuAllocInfo, parse_pcpu_alloc, place_per_cpu
-from crash_hotplug.machine.physmem import MODEL_STATE_FILE, PAGE_SIZE
+from crash_hotplug.machine.physmem import PAGE_SIZE
 from crash_hotplug.machine.profiles import KernelProfile, profile_for
 from crash_hotplug.machine.protmem import GuardedPhysMem
 from crash_hotplug.machine.resource import CRASH_KERNEL, SYSTEM_RAM, Resource, walk_system_ram_res
 from crash_hotplug.machine.uevent import Uevent, UeventBus
-from crash_hotplug.snapshot.reader import CPU_DIR, DMESG, MEM_DIR, read_kernel_state
-from crash_hotplug.snapshot.root import FsRoot
 
 __all__ = [
     "GIB",
@@ -460,26 +456,15 @@ class Machine:
         return m
 
     @classmethod
-    def from_snapshot(cls, root: Path) -> Machine:
-        """The machine a snapshot directory describes (the layout of ``shared/vectors/*/S*/root``).
-
-        Kernel facts come from :func:`read_kernel_state`; memory blocks from
-        ``sys/devices/system/memory``; the seed, CPU task state and DIMM names from
-        ``var/lib/crash-hotplug/machine.json`` when the snapshot has it. Without it, each
-        top-level ``System RAM`` range at or above 4 GiB whose blocks are all ``Movable`` or
-        offline is taken to be a DIMM.
+    def restore(cls, state: KernelState, *, model: Mapping[str, Any], dmesg: str, release: str, cmdline: str,
+                cpu0_hotpluggable: bool, block_size: int, policy: str, blocks: Mapping[int, tuple[bool, str]],
+                syms: Mapping[str, int]) -> Machine:
+        """The machine a snapshot describes, from what :func:`crash_hotplug.snapshot.model.machine_from_snapshot`
+        read: the kernel state, ``machine.json`` (``model``, may be empty), the boot log, the memory
+        blocks (index -> (online, zone)) and the kallsyms values. Without recorded DIMMs, each
+        top-level ``System RAM`` range at or above 4 GiB whose blocks are all ``Movable`` or offline
+        is taken to be a DIMM.
         """
-        root = Path(root)
-        state = read_kernel_state(root)
-        fs = FsRoot(root)
-        model: dict[str, Any] = {}
-        model_text = fs.read_optional(MODEL_STATE_FILE)
-        if model_text is not None:
-            try:
-                model = json.loads(model_text)
-            except json.JSONDecodeError as e:
-                raise SnapshotError(fs.display(MODEL_STATE_FILE), f"not JSON: {e.msg}") from None
-        dmesg = fs.read_optional(DMESG) or ""
         pcpu = parse_pcpu_alloc(dmesg) if dmesg else None
         notes = {int(k): int(v) for k, v in model.get("crash_notes", {}).items()} or dict(state.crash_notes)
         missing = [c for c in state.possible if c not in notes]
@@ -488,27 +473,25 @@ class Machine:
                 notes = place_per_cpu(pcpu, notes, list(state.possible))
         hp = CpuHotplug.boot(state.possible, state.present, state.online, notes,
                              nr_cpus=state.config.nr_cpus_default)
-        hp.cpu0_hotpluggable = fs.exists(f"{CPU_DIR}/cpu0/online")
+        hp.cpu0_hotpluggable = cpu0_hotpluggable
         for key, cpu_model in model.get("cpus", {}).items():
             c = hp.cpus.get(int(key))
             if c is not None:
                 c.counter = int(cpu_model.get("counter", 0))
                 c.pid_override = cpu_model.get("pid_override")
         mem = GuardedPhysMem(int(model.get("memory_pattern_seed", 0)))
-        block_size = fs.read_int(f"{MEM_DIR}/block_size_bytes", 16) if fs.exists(MEM_DIR) else MEMORY_BLOCK_SIZE
-        policy = (fs.read_optional(f"{MEM_DIR}/auto_online_blocks") or "offline").strip()
         iomem = state.iomem.copy()
         memory = MemoryHotplug(iomem, mem, block_size, policy)
-        _read_blocks(fs, memory)
+        for index, (online, zone) in blocks.items():
+            memory.blocks[index] = MemoryBlock(index, online, zone)
         _find_dimms(memory, model.get("dimms"))
-        syms = _kallsyms(fs)
         banner = next((line.split("] ", 1)[-1] for line in dmesg.splitlines() if "Linux version" in line), "")
         crash = sorted((r.start, r.end) for r in iomem.find(CRASH_KERNEL))
         m = cls(
             config=state.config,
-            release=fs.read_text("proc/sys/kernel/osrelease").strip(),
+            release=release,
             banner=banner,
-            cmdline=(fs.read_optional("proc/cmdline") or "").strip(),
+            cmdline=cmdline,
             cpus=hp, memory=memory, mem=mem,
             text_vaddr=state.text_vaddr, text_paddr=state.text_paddr,
             etext_size=syms.get("_etext", state.text_vaddr + state.text_size) - state.text_vaddr,
@@ -613,20 +596,6 @@ def _boot_blocks(memory: MemoryHotplug) -> None:
             memory.blocks.setdefault(i, MemoryBlock(i, True, _zone_of_boot_block(i * bs)))
 
 
-def _read_blocks(fs: FsRoot, memory: MemoryHotplug) -> None:
-    base = fs.file(MEM_DIR)
-    if not base.is_dir():
-        return
-    for d in sorted(base.glob("memory[0-9]*")):
-        rel = f"{MEM_DIR}/{d.name}"
-        index = fs.read_int(f"{rel}/phys_index", 16)
-        state = fs.read_text(f"{rel}/state").strip()
-        zones = (fs.read_optional(f"{rel}/valid_zones") or "").strip()
-        online = state == "online"
-        zone = zones if online else "Movable"
-        memory.blocks[index] = MemoryBlock(index, online, zone)
-
-
 def _find_dimms(memory: MemoryHotplug, recorded: list[dict[str, int | str]] | None) -> None:
     found: list[Dimm] = []
     if recorded is not None:
@@ -647,18 +616,6 @@ def _find_dimms(memory: MemoryHotplug, recorded: list[dict[str, int | str]] | No
             b = memory.blocks.get(i)
             if b is not None:
                 b.dimm = d.name
-
-
-def _kallsyms(fs: FsRoot) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for line in (fs.read_optional("proc/kallsyms") or "").splitlines():
-        parts = line.split()
-        if len(parts) >= 3 and parts[2] not in out:
-            try:
-                out[parts[2]] = int(parts[0], 16)
-            except ValueError:
-                continue
-    return out
 
 
 def _last_stamp_us(lines: list[str]) -> int:

@@ -20,11 +20,12 @@ from typing import Final
 from crash_hotplug.elf.vmcoreinfo import VMCOREINFO_NOTE_SIZE
 from crash_hotplug.errors import CrashHotplugError, SnapshotError
 from crash_hotplug.machine.cpu import CpuHotplug
-from crash_hotplug.machine.machine import Machine, _last_stamp_us, _read_blocks
-from crash_hotplug.machine.memory import MemoryHotplug
+from crash_hotplug.machine.machine import Machine, _last_stamp_us
+from crash_hotplug.machine.memory import MemoryBlock, MemoryHotplug
 from crash_hotplug.machine.protmem import GuardedPhysMem
 from crash_hotplug.machine.resource import walk_system_ram_res
 from crash_hotplug.snapshot.devicetree import DT
+from crash_hotplug.snapshot.model import read_memory_blocks
 from crash_hotplug.snapshot.reader import DMESG, MEM_DIR
 from crash_hotplug.snapshot.reader_ppc64 import read_kernel_state_ppc64
 from crash_hotplug.snapshot.root import FsRoot
@@ -89,7 +90,8 @@ class Pseries:
         block_size = fs.read_int(f"{MEM_DIR}/block_size_bytes", 16) if fs.exists(MEM_DIR) else LMB_SIZE
         policy = (fs.read_optional(f"{MEM_DIR}/auto_online_blocks") or "offline").strip()
         memory = MemoryHotplug(state.iomem.copy(), mem, block_size, policy)
-        _read_blocks(fs, memory)
+        for index, (online, zone) in read_memory_blocks(fs).items():
+            memory.blocks[index] = MemoryBlock(index, online, zone)
         hp = CpuHotplug.boot(state.possible, state.present, state.online, dict(state.crash_notes),
                              nr_cpus=state.config.nr_cpus_default)
         dmesg = fs.read_optional(DMESG) or ""

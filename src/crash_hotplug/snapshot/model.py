@@ -1,10 +1,11 @@
-"""Write a :class:`~crash_hotplug.machine.machine.Machine` as a snapshot directory: the files a
+"""A model :class:`~crash_hotplug.machine.machine.Machine` as a snapshot and back: the files a
 kdump tool reads, at their Linux paths, with the text the kernel prints
 (``drivers/base/cpu.c``, ``drivers/base/memory.c``, ``kernel/ksysfs.c``, ``kernel/resource.c``,
 ``fs/proc/kcore.c``), plus :data:`~crash_hotplug.machine.physmem.MODEL_STATE_FILE` with what only
 the model knows (memory pattern seed, each CPU's task and registers, DIMMs).
 
-The layout is that of ``shared/vectors/*/base/S*/root``; :func:`read_kernel_state` reads it back.
+The layout is that of ``shared/vectors/*/base/S*/root``; :func:`read_kernel_state` reads it back,
+and :func:`machine_from_snapshot` rebuilds the machine from it (or from a real kernel's snapshot).
 """
 
 from __future__ import annotations
@@ -16,13 +17,23 @@ from typing import Any, Final
 from crash_hotplug.elf.constants import PF_R, PF_W, PF_X, PT_LOAD, PT_NOTE
 from crash_hotplug.elf.prstatus import USER_REGS
 from crash_hotplug.elf.structs import EHDR, PHDR, Elf64_Ehdr
+from crash_hotplug.errors import SnapshotError
 from crash_hotplug.machine.cpumask import cpulist_format
 from crash_hotplug.machine.machine import Machine
+from crash_hotplug.machine.memory import MEMORY_BLOCK_SIZE
 from crash_hotplug.machine.physmem import MODEL_STATE_FILE, PAGE_SIZE
 from crash_hotplug.machine.resource import iomem_render, walk_system_ram_res
-from crash_hotplug.snapshot.reader import CPU_DIR, DMESG, MEM_DIR
+from crash_hotplug.snapshot.reader import CPU_DIR, DMESG, MEM_DIR, read_kernel_state
+from crash_hotplug.snapshot.root import FsRoot
 
-__all__ = ["kcore_header", "model_state", "snapshot_files", "write_snapshot"]
+__all__ = [
+    "kcore_header",
+    "machine_from_snapshot",
+    "model_state",
+    "read_memory_blocks",
+    "snapshot_files",
+    "write_machine_files",
+]
 
 #: ``/proc/kcore`` file offsets: ``vaddr - KCORE_BASE + data offset`` (``kc_vaddr_to_offset``)
 _KCORE_BASE: Final = 0xFFFF800000000000
@@ -129,11 +140,66 @@ def snapshot_files(m: Machine) -> dict[str, bytes]:
     return f
 
 
-def write_snapshot(m: Machine, root: Path) -> Path:
-    """Write the snapshot of ``m`` under ``root`` (created if missing); returns ``root``."""
-    root = Path(root)
-    for rel, data in snapshot_files(m).items():
+def write_machine_files(m: Machine, root: Path) -> int:
+    """Write the snapshot files of ``m`` under ``root`` (created if missing); the number written."""
+    files = snapshot_files(m)
+    for rel, data in files.items():
         p = root / rel
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_bytes(data)
-    return root
+    return len(files)
+
+
+def read_memory_blocks(fs: FsRoot) -> dict[int, tuple[bool, str]]:
+    """``sys/devices/system/memory/memoryN``: block index -> (online, zone; Movable when offline)."""
+    out: dict[int, tuple[bool, str]] = {}
+    base = fs.file(MEM_DIR)
+    if not base.is_dir():
+        return out
+    for d in sorted(base.glob("memory[0-9]*")):
+        rel = f"{MEM_DIR}/{d.name}"
+        index = fs.read_int(f"{rel}/phys_index", 16)
+        online = fs.read_text(f"{rel}/state").strip() == "online"
+        zones = (fs.read_optional(f"{rel}/valid_zones") or "").strip()
+        out[index] = (online, zones if online else "Movable")
+    return out
+
+
+def _kallsyms(fs: FsRoot) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for line in (fs.read_optional("proc/kallsyms") or "").splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[2] not in out:
+            try:
+                out[parts[2]] = int(parts[0], 16)
+            except ValueError:
+                continue
+    return out
+
+
+def machine_from_snapshot(root: Path) -> Machine:
+    """The machine a snapshot directory describes (the layout of ``shared/vectors/*/S*/root``).
+
+    Kernel facts come from :func:`read_kernel_state`; memory blocks from
+    ``sys/devices/system/memory``; the seed, CPU task state and DIMM names from
+    ``var/lib/crash-hotplug/machine.json`` when the snapshot has it.
+    """
+    root = Path(root)
+    state = read_kernel_state(root)
+    fs = FsRoot(root)
+    model: dict[str, Any] = {}
+    model_text = fs.read_optional(MODEL_STATE_FILE)
+    if model_text is not None:
+        try:
+            model = json.loads(model_text)
+        except json.JSONDecodeError as e:
+            raise SnapshotError(fs.display(MODEL_STATE_FILE), f"not JSON: {e.msg}") from None
+    block_size = fs.read_int(f"{MEM_DIR}/block_size_bytes", 16) if fs.exists(MEM_DIR) else MEMORY_BLOCK_SIZE
+    return Machine.restore(
+        state, model=model, dmesg=fs.read_optional(DMESG) or "",
+        release=fs.read_text("proc/sys/kernel/osrelease").strip(),
+        cmdline=(fs.read_optional("proc/cmdline") or "").strip(),
+        cpu0_hotpluggable=fs.exists(f"{CPU_DIR}/cpu0/online"), block_size=block_size,
+        policy=(fs.read_optional(f"{MEM_DIR}/auto_online_blocks") or "offline").strip(),
+        blocks=read_memory_blocks(fs), syms=_kallsyms(fs),
+    )

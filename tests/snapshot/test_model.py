@@ -7,8 +7,9 @@ from pathlib import Path
 
 from crash_hotplug.machine.machine import GIB, Machine
 from crash_hotplug.machine.physmem import MODEL_STATE_FILE
-from crash_hotplug.machine.snapshot_writer import kcore_header, snapshot_files, write_snapshot
+from crash_hotplug.snapshot.model import kcore_header, machine_from_snapshot, snapshot_files
 from crash_hotplug.snapshot.reader import read_kernel_state
+from crash_hotplug.snapshot.writer import write_snapshot
 
 
 def test_sysfs_formats() -> None:
@@ -41,7 +42,7 @@ def test_no_crash_hotplug_files_on_6_1() -> None:
 def test_kcore_and_model_state(tmp_path: Path) -> None:
     m = Machine.new(kernel="6.12.43", seed=42)
     m.cpus.cpu(1).counter = 2
-    root = write_snapshot(m, tmp_path)
+    root = write_snapshot(m, tmp_path).root
     state = read_kernel_state(root)
     assert state.text_paddr == 0x1000000 and state.page_offset == 0xFFFF888000000000
     assert len(kcore_header(m)) == 64 + 56 * 4
@@ -52,6 +53,6 @@ def test_kcore_and_model_state(tmp_path: Path) -> None:
     notes = m.cpus.cpu(1).crash_notes
     assert any(s <= notes and e >= notes + 367 for s, e in model["written_ranges"]), "zeroed at boot"
     assert not any(s <= 0x50000000 <= e for s, e in model["written_ranges"])
-    back = Machine.from_snapshot(root)
+    back = machine_from_snapshot(root)
     assert back.seed == 42 and back.cpus.cpu(1).regs == m.cpus.cpu(1).regs
     assert back.mem.read(0x50000000, 64) == m.mem.read(0x50000000, 64)
