@@ -11,6 +11,9 @@ a few hundred MiB at most:
   after: the header still lists the removed DIMM, which is extra memory (audit exit 1). The
   removed DIMM sits below a present one, so makedumpfile's trim of ``max_mapnr`` to the last
   present section does not hide it.
+- ``dimm-removed-top``: the same with one DIMM, so the removed memory was above all other memory:
+  the ELF shows it as extra, but makedumpfile trims ``max_mapnr`` to the last present section
+  (``get_mem_map``) and leaves it out of every kdump-compressed file.
 
 :meth:`ModelDump.convert` runs the real makedumpfile on the ELF vmcore with the given output
 options and dump level, once per combination (``-c``, ``-l``, ``-E``, ``-F``, ``-F -E`` ...); the
@@ -58,6 +61,9 @@ MODEL_DUMP_CASES: dict[str, ModelDumpCase] = {c.name: c for c in (
     ModelDumpCase("dimm-removed", "6.12.43", "upstream", (
         {"op": "load"}, {"op": "add_dimm", "idx": 1, "size_mib": 128}, {"op": "add_dimm", "idx": 2, "size_mib": 128},
         {"op": "del_dimm", "idx": 1}, PANIC), audit_exit=1),
+    ModelDumpCase("dimm-removed-top", "6.12.43", "upstream", (
+        {"op": "load"}, {"op": "add_dimm", "idx": 1, "size_mib": 128}, {"op": "del_dimm", "idx": 1}, PANIC),
+        audit_exit=1),
 )}
 
 

@@ -32,6 +32,7 @@ own blocks are onlined movable, which ``vmemmap_populate`` does not allocate fro
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -205,8 +206,10 @@ class KernelData:
         hot_list = sorted(hot_added)
         self._free_ram = [r for r in ram if not any(hs <= r[0] <= he for hs, he in hot_list)]
         pool_bottom = self.mem_section_paddr - POOL_PAGES * PAGE_SIZE
-        self._used = sorted([(0, _ISA_END_ADDRESS - 1), *reserved,
-                             (pool_bottom, self.mem_section_paddr + _num(self.items, "LENGTH(mem_section)") * 8 - 1)])
+        self._used = []
+        for r in [(0, _ISA_END_ADDRESS - 1), *reserved,
+                  (pool_bottom, self.mem_section_paddr + _num(self.items, "LENGTH(mem_section)") * 8 - 1)]:
+            self._take(r)
         self._write_utsname(release, version)
         self._write_node_online_map()
         self.mem.zero(self.pgd, PAGE_SIZE)
@@ -225,8 +228,9 @@ class KernelData:
         early = sorted(nr for nr, e in present.items() if e)
         if early:
             buf = self._alloc_memmap(len(early) * _PMD_MEMMAP)
+            self.mem.fill(buf, len(early) * _PMD_MEMMAP, self._memmap_page())
             for i, nr in enumerate(early):
-                self._populate_memmap(nr, buf + i * _PMD_MEMMAP)
+                self._populate_memmap(nr, buf + i * _PMD_MEMMAP, filled=True)
         for nr, is_early in sorted(present.items()):
             if not is_early:
                 self._populate_memmap(nr, self._alloc_memmap(_PMD_MEMMAP))
@@ -331,21 +335,59 @@ class KernelData:
         page[_num(self.items, "OFFSET(page._mapcount)") :][:4] = (0xFFFFFFFF).to_bytes(4, "little")
         return bytes(page)
 
+    def _memmap_page(self) -> bytes:
+        return self.struct_page() * (PAGE_SIZE // _num(self.items, "SIZE(page)"))
+
+    def _take(self, r: tuple[int, int]) -> None:
+        """Mark the inclusive range used (``_used`` stays sorted and disjoint)."""
+        s, e = r
+        i = bisect.bisect_left(self._used, (s, s))
+        if i and self._used[i - 1][1] >= s - 1:
+            i -= 1
+            s = min(s, self._used[i][0])
+        j = i
+        while j < len(self._used) and self._used[j][0] <= e + 1:
+            e = max(e, self._used[j][1])
+            j += 1
+        self._used[i:j] = [(s, e)]
+
+    def _clash(self, start: int, end: int) -> tuple[int, int] | None:
+        """The used range with the highest start that overlaps ``[start, end]``, if any."""
+        i = bisect.bisect_right(self._used, (end, 1 << 64)) - 1
+        if i >= 0 and self._used[i][1] >= start:
+            return self._used[i]
+        return None
+
     def _alloc_memmap(self, size: int) -> int:
         """``memblock_alloc`` top-down, 2 MiB aligned, from free boot RAM."""
         for start, end in sorted(self._free_ram, key=lambda r: r[1], reverse=True):
             cand = (end + 1 - size) // _PMD_SIZE * _PMD_SIZE
             while cand >= start:
-                clash = [u for u in self._used if not (cand + size - 1 < u[0] or cand > u[1])]
-                if not clash:
-                    self._used = sorted([*self._used, (cand, cand + size - 1)])
+                clash = self._clash(cand, cand + size - 1)
+                if clash is None:
+                    self._take((cand, cand + size - 1))
                     return cand
-                cand = (min(u[0] for u in clash) - size) // _PMD_SIZE * _PMD_SIZE
+                cand = (clash[0] - size) // _PMD_SIZE * _PMD_SIZE
         raise KernelDataError(f"no free {size >> 20} MiB of boot RAM for struct pages")
 
-    def _populate_memmap(self, nr: int, paddr: int) -> None:
+    def _free(self, r: tuple[int, int]) -> None:
+        """Give an inclusive range back (the part of a used range it covers)."""
+        s, e = r
+        out: list[tuple[int, int]] = []
+        for us, ue in self._used:
+            if ue < s or us > e:
+                out.append((us, ue))
+                continue
+            if us < s:
+                out.append((us, s - 1))
+            if ue > e:
+                out.append((e + 1, ue))
+        self._used = out
+
+    def _populate_memmap(self, nr: int, paddr: int, *, filled: bool = False) -> None:
         """``vmemmap_populate``: the section's ``struct page`` array at ``paddr``, mapped with one 2 MiB page."""
-        self.mem.fill(paddr, _PMD_MEMMAP, self.struct_page() * (PAGE_SIZE // _num(self.items, "SIZE(page)")))
+        if not filled:
+            self.mem.fill(paddr, _PMD_MEMMAP, self._memmap_page())
         vaddr = self.vmemmap + (nr << self.section_size_bits) // PAGE_SIZE * _num(self.items, "SIZE(page)")
         pud = self._next_table(self.pgd, (vaddr >> 39) & 511)
         pmd = self._next_table(pud, (vaddr >> 30) & 511)
@@ -361,7 +403,7 @@ class KernelData:
         pud = self._next_table(self.pgd, (vaddr >> 39) & 511)
         pmd = self._next_table(pud, (vaddr >> 30) & 511)
         self._set_entry(pmd, (vaddr >> 21) & 511, 0)
-        self._used = [u for u in self._used if u != (paddr, paddr + _PMD_MEMMAP - 1)]
+        self._free((paddr, paddr + _PMD_MEMMAP - 1))
 
     # -- mem_section -----------------------------------------------------------------------------
     def _section_range(self, start: int, end: int) -> range:

@@ -69,13 +69,24 @@ class PhysMem:
         self.writes += 1
         self._unfill(start, end)
         bisect.insort(self._fills, (start, end, bytes(page)))
-        for pfn in [p for p in self._pages if start <= p < end]:
-            del self._pages[pfn]
+        self._drop_pages(start, end)
+
+    def _drop_pages(self, start: int, end: int) -> None:
+        """Forget stored pages with pfn in ``[start, end)``."""
+        if end - start < len(self._pages):
+            for pfn in range(start, end):
+                self._pages.pop(pfn, None)
+        else:
+            for pfn in [p for p in self._pages if start <= p < end]:
+                del self._pages[pfn]
 
     def _unfill(self, start: int, end: int) -> None:
         """Drop fills over ``[start, end)`` pfns (keeping the parts outside)."""
+        fills = self._fills
+        lo = max(0, bisect.bisect_right(fills, (start, 1 << 64)) - 1)
+        hi = bisect.bisect_left(fills, (end, 0))
         kept: list[tuple[int, int, bytes]] = []
-        for s, e, page in self._fills:
+        for s, e, page in fills[lo:hi]:
             if e <= start or s >= end:
                 kept.append((s, e, page))
                 continue
@@ -83,7 +94,7 @@ class PhysMem:
                 kept.append((s, start, page))
             if e > end:
                 kept.append((end, e, page))
-        self._fills = sorted(kept)
+        fills[lo:hi] = kept
 
     def read(self, paddr: int, size: int) -> bytes:
         if size <= 0:
@@ -115,8 +126,7 @@ class PhysMem:
 
     def discard(self, start: int, end: int) -> None:
         """Forget writes to pages in ``[start, end]`` (memory that left the machine)."""
-        for pfn in [p for p in self._pages if start <= p * PAGE_SIZE <= end]:
-            del self._pages[pfn]
+        self._drop_pages(-(-start // PAGE_SIZE), end // PAGE_SIZE + 1)
         self._unfill(start // PAGE_SIZE, end // PAGE_SIZE + 1)
 
     @property
