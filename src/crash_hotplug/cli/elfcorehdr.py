@@ -28,13 +28,19 @@ def elfcorehdr() -> None:
 @root_option
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), required=True, callback=output_file)
 @click.option("--kernel-version", help="Build as this kernel version would (default: the snapshot's osrelease).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @fails_cleanly
-def elfcorehdr_build(root: Path, output: Path, kernel_version: str | None) -> None:
+def elfcorehdr_build(root: Path, output: Path, kernel_version: str | None, as_json: bool) -> None:
     """Write the elfcorehdr the kernel of ROOT builds for kexec_file_load (x86_64)."""
     state = read_kernel_state(root, kernel_version=kernel_version)
     buf, nr = prepare_elf_headers(state)
     write_output(output, buf)
     memsz = crash_load_segments_memsz(state.config, len(buf), nr)
+    if as_json:
+        click.echo(json.dumps({"output": str(output), "bytes": len(buf), "cpu_notes": len(state.header_cpus),
+                               "memory_ranges": nr, "kernel": str(state.config.version),
+                               "segment_memsz": -(-memsz // PAGE_SIZE) * PAGE_SIZE}, indent=1))
+        return
     out.print(
         f"{output}: {len(buf)} bytes, {len(state.header_cpus)} CPU notes, {nr} memory ranges; "
         f"kernel {state.config.version} segment memsz {-(-memsz // PAGE_SIZE) * PAGE_SIZE}"
