@@ -16,7 +16,7 @@ import hashlib
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Any, Final
 
 from crash_hotplug.errors import CrashHotplugError
 from crash_hotplug.machine.physmem import MemoryReader
@@ -329,22 +329,33 @@ def sha256_segments(segments: Iterable[tuple[bytes, int, int]]) -> tuple[list[tu
     """Digest of segments given as (buf, mem, memsz): ``buf`` then ``memsz - len(buf)`` zero bytes
     each; returns the region table entries ``(mem, memsz)`` and the digest
     (``kexec_calculate_store_digests`` / kexec-tools ``update_purgatory``)."""
-    h = hashlib.sha256()
-    regions: list[tuple[int, int]] = []
+    # bytes only: a mutable buffer could change under the memo
+    segs = [(b if type(b) is bytes else bytes(b), mem, memsz) for b, mem, memsz in segments]
+    # SHA-256 is sequential: the state after a run of leading segments equal to the last call's
+    # (same place, size and bytes) is reused; the rest is hashed. The digest is the same.
+    k = 0
+    while (k < len(segs) and k < len(_LAST) and _LAST[k][1:3] == segs[k][1:3]
+           and (_LAST[k][0] is segs[k][0] or _LAST[k][0] == segs[k][0])):
+        k += 1
+    h = _LAST[k - 1][3].copy() if k else hashlib.sha256()
+    prefix = _LAST[:k]
     zero = _ZEROS
-    for buf, mem, memsz in segments:
+    for buf, mem, memsz in segs[k:]:
         h.update(buf)
         rest = memsz - len(buf)
         while rest > 0:
             n = min(rest, len(zero))
             h.update(zero[:n])
             rest -= n
-        regions.append((mem, memsz))
-    return regions, h.digest()
+        prefix.append((buf, mem, memsz, h.copy()))
+    _LAST[:] = prefix
+    return [(mem, memsz) for _, mem, memsz in segs], h.digest()
 
 
 #: the zero padding after a segment's buffer, hashed a MiB at a time
 _ZEROS = memoryview(bytes(1 << 20))
+#: the last call's segments and the hash state after each (see :func:`sha256_segments`)
+_LAST: list[tuple[bytes, int, int, Any]] = []
 
 
 def verify_sha256_digest(mem: MemoryReader, regions_addr: int, digest_addr: int, *,

@@ -18,9 +18,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from crash_hotplug.crash.arch import Outcome
+from crash_hotplug.crash.core import crash_exclude_mem_range
 from crash_hotplug.crash.ours import OursCrashHotplug
 from crash_hotplug.crash.vmcore import parse_elfcorehdr_param
-from crash_hotplug.crash.x86_64 import prepare_elf_headers
+from crash_hotplug.crash.x86_64 import elf_header_exclude_ranges, fill_up_crash_elf_data
 from crash_hotplug.elf.constants import PT_LOAD, PT_NOTE
 from crash_hotplug.elf.structs import EHDR, PHDR
 from crash_hotplug.errors import CrashHotplugError
@@ -197,8 +198,16 @@ class _Observer:
             self._hdr = (sorted(ram), notes)
         if want_key != self._want_key:
             self._want_key = want_key
-            buf, _ = prepare_elf_headers(m.kernel_state(snapshot=False), self._offline_ranges())
-            want_ram, _ = _ram_and_notes(lambda a, n: buf[a : a + n], 0)
+            # the memory ranges the kernel's own builder would describe with offline blocks cut
+            # out (its range steps, without serialising a header only to parse it back)
+            state = m.kernel_state(snapshot=False)
+            cmem = fill_up_crash_elf_data(state)
+            elf_header_exclude_ranges(state, cmem)
+            offline = self._offline_ranges()
+            cmem.max_nr_ranges += len(offline)
+            for start, end in offline:
+                crash_exclude_mem_range(cmem, start, end, rewritten=True)
+            want_ram = [(max(s, LOW_1M), e) for s, e in cmem.ranges if e >= LOW_1M]
             cpu_notes = m.crash_notes()
             self._want = (sorted(want_ram), tuple(cpu_notes[c] for c in m.cpus.online))
         ram, notes = self._hdr
