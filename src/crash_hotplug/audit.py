@@ -39,6 +39,7 @@ from crash_hotplug.errors import ElfFormatError, SnapshotError
 from crash_hotplug.machine.physmem import MODEL_STATE_FILE, page_pattern
 from crash_hotplug.machine.resource import CRASH_KERNEL, walk_system_ram_res
 from crash_hotplug.makedumpfile.kdump import dump_level_text
+from crash_hotplug.snapshot.devicetree import is_ppc64_root, read_device_tree
 from crash_hotplug.snapshot.reader import CPU_DIR, MEM_DIR, read_cpulist, read_iomem
 from crash_hotplug.snapshot.root import FsRoot
 
@@ -194,6 +195,9 @@ class MachineAtPanic:
     offline_memory: tuple[Range, ...] | None
     crash_notes: dict[int, int]
     model: ModelState | None
+    #: ``ppc64le`` for a powerpc snapshot (crashkernel from the device tree, RTAS dumped, no
+    #: kernel-text PT_LOAD, the first 64 KiB read from the backup copy)
+    arch: str = "x86_64"
 
 
 def _memory_blocks_offline(root: FsRoot) -> tuple[Range, ...] | None:
@@ -221,11 +225,20 @@ def read_machine_at_panic(root_dir: Path) -> MachineAtPanic:
     system_ram = list(walk_system_ram_res(iomem))
     if not system_ram:
         raise SnapshotError(root.display("proc/iomem"), "has no System RAM")
-    crash = sorted((r.start, r.end) for r in iomem.find(CRASH_KERNEL))
+    ppc64 = is_ppc64_root(root)
+    dt = read_device_tree(root) if ppc64 else None
+    if dt is not None:
+        crash = [dt.crashk_res] if dt.crashk_res is not None else []
+    else:
+        crash = sorted((r.start, r.end) for r in iomem.find(CRASH_KERNEL))
     cmem = CrashMem(max_nr_ranges=len(system_ram) + 2 * len(crash) + 2, ranges=list(system_ram))
-    crash_exclude_mem_range(cmem, 0, SZ_1M - 1)
+    if not ppc64:
+        crash_exclude_mem_range(cmem, 0, SZ_1M - 1)
     for s, e in crash:
         crash_exclude_mem_range(cmem, s, e)
+    if dt is not None and dt.rtas is not None:
+        # powerpc dumps RTAS, inside the crashkernel region, as its own PT_LOAD (ranges.c)
+        cmem.ranges.append((dt.rtas[0], dt.rtas[0] + dt.rtas[1] - 1))
     notes = {
         cpu: root.read_int(f"{CPU_DIR}/cpu{cpu}/crash_notes", 16)
         for cpu in present
@@ -241,6 +254,7 @@ def read_machine_at_panic(root_dir: Path) -> MachineAtPanic:
         offline_memory=_memory_blocks_offline(root),
         crash_notes=notes,
         model=read_model_state(root),
+        arch="ppc64le" if ppc64 else "x86_64",
     )
 
 
@@ -572,7 +586,7 @@ def _check_memory(vf: VmcoreFile, m: MachineAtPanic, findings: list[Finding], no
         notes.append(f"written with {dump_level_text(level)}, which left out no page of this machine")
     text = vf.kernel_text
     kt = None if text is None else (text.vaddr, text.paddr, text.size)
-    if vf.core is not None and text is None:
+    if vf.core is not None and text is None and m.arch != "ppc64le":
         notes.append("the vmcore has no kernel-text PT_LOAD (tools that want the _text mapping will miss it)")
     elif text is not None and _subtract([(text.paddr, text.end)], dumped):
         notes.append(f"kernel text {text.paddr:#x}-{text.end:#x} is not inside the dumped RAM")

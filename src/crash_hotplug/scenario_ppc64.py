@@ -20,9 +20,20 @@ from crash_hotplug.kexec.kexec_load_ppc64 import Ppc64Payload, kexec_tools_load_
 from crash_hotplug.kexec.kimage import Kimage, kimage_find_elfcorehdr
 from crash_hotplug.machine.pseries import OfNode, Pseries
 
-__all__ = ["Ppc64Run", "Ppc64ScenarioError"]
+__all__ = ["PPC64_SCRIPTED_STEPS", "Ppc64Run", "Ppc64ScenarioError"]
 
 MIB = 1 << 20
+
+#: the plan of ../shared/vectors-ppc64/6.12/base: a 1 GiB DIMM, two cores, the DIMM removed, a
+#: 2 GiB DIMM, a panic on the last online CPU (a hot-added one)
+PPC64_SCRIPTED_STEPS: tuple[dict[str, Any], ...] = (
+    {"op": "load"},
+    {"op": "add_dimm", "idx": 1, "size_mib": 1024},
+    {"op": "add_cpus", "n": 2},
+    {"op": "del_dimm", "idx": 1},
+    {"op": "add_dimm", "idx": 2, "size_mib": 2048},
+    {"op": "panic", "cpu": "last_online"},
+)
 
 
 class Ppc64ScenarioError(CrashHotplugError):
@@ -41,6 +52,8 @@ class Ppc64Run:
     hp: CrashHotplug = field(init=False)
     image: Kimage | None = None
     panics: list[Ppc64PanicResult] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+    _dimm_seq: int = 1
 
     def __post_init__(self) -> None:
         self.kexec = Kexec(self.platform.machine)
@@ -87,7 +100,9 @@ class Ppc64Run:
                 self.image = kexec_tools_load_ppc64(self.kexec, self.platform, self.payload, hotplug=self.hotplug,
                                                     post_load=self.arch.machine_kexec_post_load)
             elif op == "add_dimm":
-                self.platform.dlpar_memory_add(f"dimm{int(step['idx'])}", int(step["size_mib"]) * MIB)
+                idx = int(step["idx"]) if "idx" in step else self._dimm_seq
+                self._dimm_seq = max(self._dimm_seq, idx + 1)
+                self.platform.dlpar_memory_add(f"dimm{idx}", int(step["size_mib"]) * MIB)
             elif op == "del_dimm":
                 self.platform.dlpar_memory_remove(f"dimm{int(step['idx'])}")
             elif op == "add_cpus":
@@ -98,14 +113,20 @@ class Ppc64Run:
                     raise Ppc64ScenarioError(f"add_cpus: {n} asked, only {len(absent)} possible CPUs absent")
                 for cpu in absent[:n]:
                     self.platform.dlpar_cpu_add(cpu)
+            elif op == "offline_cpu":
+                self.platform.machine.cpu_offline(int(step["cpu"]))
+            elif op == "online_cpu":
+                self.platform.machine.cpu_online(int(step["cpu"]))
             elif op == "panic":
                 online = self.platform.machine.cpus.online
                 cpu = online[-1] if step.get("cpu", "last_online") == "last_online" else int(step["cpu"])
                 self.panics.append(crash_kexec_ppc64(self.kexec, self.platform, cpu, pid=int(step.get("pid", 1))))
             else:
-                raise Ppc64ScenarioError(f"unknown op {op!r} (load, add_dimm, del_dimm, add_cpus, panic)")
+                raise Ppc64ScenarioError(f"unknown op {op!r} (load, add_dimm, del_dimm, add_cpus, offline_cpu, "
+                                         "online_cpu, panic)")
         except (KeyError, ValueError, TypeError) as e:
             raise Ppc64ScenarioError(f"step {dict(step)}: bad or missing field ({e})") from None
+        self.log.append(str(dict(step)))
 
     def run(self, steps: Iterable[Mapping[str, Any]]) -> Ppc64Run:
         for s in steps:

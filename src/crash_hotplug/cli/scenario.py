@@ -9,8 +9,11 @@ from pathlib import Path
 import click
 
 from crash_hotplug.cli.audit import render_report
-from crash_hotplug.cli.common import fails_cleanly, out, output_dir
+from crash_hotplug.cli.common import OutputError, fails_cleanly, out, output_dir, write_output
+from crash_hotplug.fileio import read_limited
+from crash_hotplug.kexec.kexec_load_ppc64 import Ppc64Payload
 from crash_hotplug.scenario import SCENARIO_DESIGNS, SCRIPTED_STEPS, ScenarioError, load_steps, run_scenario
+from crash_hotplug.scenario_ppc64 import PPC64_SCRIPTED_STEPS, Ppc64Run
 
 __all__ = ["scenario"]
 
@@ -35,11 +38,27 @@ def scenario() -> None:
               help="Directory for the machine at the panic (root/) and, with --write-vmcore, the vmcore.")
 @click.option("--write-vmcore", is_flag=True, help="Also write the whole vmcore (as large as the machine's RAM).")
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--arch", type=click.Choice(["x86_64", "ppc64le"]), default="x86_64", show_default=True,
+              help="ppc64le: a pseries guest from --root, loaded with kexec-tools' kexec_load --hotplug.")
+@click.option("--root", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="ppc64le: the snapshot the guest starts from.")
+@click.option("--fdt", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="ppc64le: the crash kernel's FDT kexec-tools loads (a snapshot's /proc/device-tree is often "
+                   "partial, so it is not flattened here).")
+@click.option("--kernel-memsz", type=lambda v: v if isinstance(v, int) else int(v, 0), default=0x289F000,
+              show_default=True,
+              help="ppc64le: memory size of the capture kernel segment.")
+@click.option("--initrd-size", type=int, default=1221577, show_default=True, help="ppc64le: initrd bytes.")
+@click.option("--no-hotplug", is_flag=True, help="ppc64le: load without --hotplug (the kernel updates nothing).")
 @fails_cleanly
 def scenario_run(design: str, syscall: str, kernel: str, mem_gib: float, cpus: int, steps_file: Path | None,
-                 out_dir: Path, write_vmcore: bool, as_json: bool) -> None:
+                 out_dir: Path, write_vmcore: bool, as_json: bool, arch: str, root: Path | None,
+                 fdt: Path | None, kernel_memsz: int, initrd_size: int, no_hotplug: bool) -> None:
     """Run a scenario, panic, and audit the vmcore against the machine at the panic.
     Exit 0 when the dump is complete, 1 when it is lost or has gaps, 2 on bad input."""
+    if arch == "ppc64le":
+        _run_ppc64(root, fdt, steps_file, out_dir, kernel_memsz, initrd_size, not no_hotplug, as_json)
+        return
     steps = SCRIPTED_STEPS if steps_file is None else load_steps(steps_file)
     run = run_scenario(steps, design=design, syscall=syscall, kernel=kernel, mem_gib=mem_gib, cpus=cpus,
                        source=None if steps_file is None else str(steps_file))
@@ -72,3 +91,51 @@ def scenario_run(design: str, syscall: str, kernel: str, mem_gib: float, cpus: i
 
 def out_print(text: str) -> None:
     out.print(text, markup=False, soft_wrap=True)
+
+
+def _run_ppc64(root: Path | None, fdt: Path | None, steps_file: Path | None, out_dir: Path, kernel_memsz: int,
+               initrd_size: int, hotplug: bool, as_json: bool) -> None:
+    """A ppc64le run: the header and crash FDT in memory after every step go to OUT/S<n>/."""
+    if root is None or fdt is None:
+        raise click.UsageError("--arch ppc64le needs --root (the guest's snapshot) and --fdt (the crash FDT)")
+    steps = list(PPC64_SCRIPTED_STEPS) if steps_file is None else load_steps(steps_file)
+    payload = Ppc64Payload(b"", kernel_memsz, bytes(initrd_size), read_limited(fdt, 16 << 20))
+    run = Ppc64Run.from_snapshot(root, payload, hotplug=hotplug)
+    rows: list[dict[str, object]] = []
+    prev: tuple[bytes, bytes] | None = None
+    for n, step in enumerate(steps):
+        run.apply(step)
+        if run.image is None or step.get("op") == "panic":
+            continue
+        now = (run.header(), run.fdt())
+        d = out_dir / f"S{n}"
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(d, e.strerror or str(e)) from None
+        write_output(d / "elfcorehdr.bin", now[0])
+        write_output(d / "crash-fdt.dtb", now[1])
+        rows.append({"step": f"S{n}", "op": dict(step),
+                     "header_changed": None if prev is None else now[0] != prev[0],
+                     "fdt_changed": None if prev is None else now[1] != prev[1]})
+        prev = now
+    panic = run.panics[-1] if run.panics else None
+    if panic is None:
+        raise ScenarioError("the steps end without a panic step")
+    summary = {"arch": "ppc64le", "hotplug": hotplug, "steps": rows,
+               "hotplug_events": [(r.action_name, r.outcome.value) for r in run.hp.records],
+               "panic_cpu": panic.cpu, "capture_boot_cpu_node": panic.boot_node,
+               "dump_lost": None if panic.lost is None else panic.lost.value}
+    if as_json:
+        click.echo(json.dumps(summary, indent=1))
+    else:
+        for r in rows:
+            out_print(f"{r['step']} {r['op']}: header changed {r['header_changed']}, crash FDT changed "
+                      f"{r['fdt_changed']}")
+        out_print(f"{len(run.hp.records)} crash hotplug events, "
+                  f"{sum(1 for r in run.hp.records if r.outcome.value == 'updated')} updates")
+        if panic.lost is None:
+            out_print(f"panic on cpu{panic.cpu}: the capture kernel boots on {panic.boot_node}")
+        else:
+            out_print(f"panic on cpu{panic.cpu}: dump lost: {panic.lost.value}")
+    sys.exit(0 if panic.lost is None else 1)

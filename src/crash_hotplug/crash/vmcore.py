@@ -28,6 +28,7 @@ from typing import BinaryIO, Final
 from crash_hotplug.elf.constants import (
     ELFCLASS64,
     ELFMAG,
+    EM_PPC64,
     EM_X86_64,
     ET_CORE,
     EV_CURRENT,
@@ -38,6 +39,7 @@ from crash_hotplug.elf.constants import (
 from crash_hotplug.elf.core import ElfCore
 from crash_hotplug.elf.notes import Note, pad4
 from crash_hotplug.elf.prstatus import ElfPrstatus
+from crash_hotplug.elf.prstatus_ppc64 import ElfPrstatusPpc64
 from crash_hotplug.elf.structs import EHDR, NHDR, PHDR, Elf64_Ehdr, Elf64_Phdr
 from crash_hotplug.elf.vmcoreinfo import VMCOREINFO_NOTE_NAME, parse_vmcoreinfo
 from crash_hotplug.errors import CrashHotplugError, DumpFormatError, ElfFormatError, InputFileError
@@ -368,7 +370,8 @@ class PrstatusNote:
     """One NT_PRSTATUS note: its position among the CPU notes and the saved ``elf_prstatus``."""
 
     index: int
-    prstatus: ElfPrstatus
+    #: the layout of the core's e_machine (x86_64, or ppc64 for EM_PPC64)
+    prstatus: ElfPrstatus | ElfPrstatusPpc64
     desc: bytes
 
     @property
@@ -731,13 +734,15 @@ def read_vmcore_files(paths: list[Path]) -> VmcoreFile:
                                dump_format=f"{first.dump_format}, {len(parts)} --split parts")
 
 
-def _decode_notes(notes: Iterable[Note], source: str) -> tuple[tuple[PrstatusNote, ...], dict[str, str]]:
+def _decode_notes(notes: Iterable[Note], source: str,
+                  machine: int = EM_X86_64) -> tuple[tuple[PrstatusNote, ...], dict[str, str]]:
     prstatus: list[PrstatusNote] = []
+    unpack = ElfPrstatusPpc64.unpack if machine == EM_PPC64 else ElfPrstatus.unpack
     vmcoreinfo: dict[str, str] = {}
     for note in notes:
         if note.name == "CORE" and note.n_type == NT_PRSTATUS:
             try:
-                ps = ElfPrstatus.unpack(note.desc)
+                ps = unpack(note.desc)
             except ElfFormatError as e:
                 raise ElfFormatError(e.what, offset=note.offset, source=source) from None
             prstatus.append(PrstatusNote(len(prstatus), ps, note.desc))
@@ -767,8 +772,8 @@ def _decode_kdump(path: Path, src: _FileSource, prefix: str) -> VmcoreFile:
 def _decode(path: Path, head: bytes, size: int) -> VmcoreFile:
     source = str(path)
     core = ElfCore.parse(head, source)
-    if core.ehdr.e_machine != EM_X86_64:
-        raise ElfFormatError(f"e_machine is {core.ehdr.e_machine}: only x86_64 (62) cores are read",
+    if core.ehdr.e_machine not in (EM_X86_64, EM_PPC64):
+        raise ElfFormatError(f"e_machine is {core.ehdr.e_machine}: only x86_64 (62) and ppc64 (21) cores are read",
                              offset=18, source=source)
-    prstatus, vmcoreinfo = _decode_notes((n for _, n in core.notes()), source)
+    prstatus, vmcoreinfo = _decode_notes((n for _, n in core.notes()), source, core.ehdr.e_machine)
     return VmcoreFile(path, core, size, prstatus, vmcoreinfo)

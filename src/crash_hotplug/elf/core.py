@@ -105,8 +105,13 @@ class ElfCore:
         """True for a header as the crashed kernel builds it: every p_offset is the physical address.
 
         In a vmcore (``/proc/vmcore`` or a saved dump) p_offset is a file offset and there is one
-        merged PT_NOTE whose p_paddr is 0.
+        merged PT_NOTE whose p_paddr is 0. A header kexec-tools wrote for ``kexec_load`` points one
+        PT_LOAD, the low memory purgatory backs up (``[0, 640K)`` on x86, ``[0, 64K)`` on ppc64), at
+        the backup copy; its notes still sit at their physical addresses.
         """
+        notes = self.notes_phdrs
+        if notes and all(p.p_offset == p.p_paddr != 0 for p in notes):
+            return sum(p.p_offset != p.p_paddr for p in self.load_phdrs) <= 1
         return all(p.p_offset == p.p_paddr for p in self.phdrs)
 
     def notes(self) -> Iterator[tuple[int, Note]]:
