@@ -831,5 +831,5 @@ def run_scenario(
 
 def _last_lines(text: str) -> str:
     """makedumpfile's messages without its progress meter (each ``\r`` rewrites the line), at most 2000 characters."""
-    lines = [line.rsplit("\r", 1)[-1].rstrip() for line in text.splitlines()]
+    lines = [line.rsplit("\r", 1)[-1].rstrip() for line in text.split("\n")]
     return "\n".join(line for line in lines if line)[-2000:]
