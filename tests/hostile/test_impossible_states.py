@@ -171,3 +171,8 @@ def test_kexec_crash_size_minus_one(root: Path) -> None:
     res = run("status", "--root", root)
     one_line_exit_2(res, "sys/kernel/kexec_crash_size", "unsigned decimal")
     assert "-1 B" not in res.output
+
+
+def test_crash_notes_inside_the_crash_kernel_reservation(root: Path) -> None:
+    (root / f"{CPU}/cpu1/crash_notes").write_text("6f000000\n")
+    one_line_exit_2(build(root), f"{CPU}/cpu1/crash_notes", "Crash kernel reservation")

@@ -158,7 +158,8 @@ def read_kernel_config(root: FsRoot, version: KernelVersion, *, version_overridd
 
 
 def _crash_notes(
-    root: FsRoot, cpus: tuple[int, ...], present: tuple[int, ...], ram: list[tuple[int, int]]
+    root: FsRoot, cpus: tuple[int, ...], present: tuple[int, ...], ram: list[tuple[int, int]],
+    reserved: list[tuple[int, int]],
 ) -> tuple[dict[int, int], int]:
     known: dict[int, int] = {}
     sizes: set[int] = set()
@@ -179,7 +180,7 @@ def _crash_notes(
     if all(a == 0 for a in known.values()):
         raise SnapshotError(root.display(f"{CPU_DIR}/cpu{present[0]}/crash_notes"),
                             "reads as zero: it was read without root privileges")
-    check_crash_notes(known, size, ram, lambda cpu: root.display(f"{CPU_DIR}/cpu{cpu}/crash_notes"))
+    check_crash_notes(known, size, ram, lambda cpu: root.display(f"{CPU_DIR}/cpu{cpu}/crash_notes"), reserved)
     missing = [c for c in cpus if c not in known]
     if not missing:
         return {c: known[c] for c in cpus}, size
@@ -210,9 +211,11 @@ def _in_ram(start: int, size: int, ram: list[tuple[int, int]]) -> bool:
 
 
 def check_crash_notes(
-    notes: dict[int, int], size: int, ram: list[tuple[int, int]], name: Callable[[int], str]
+    notes: dict[int, int], size: int, ram: list[tuple[int, int]], name: Callable[[int], str],
+    reserved: list[tuple[int, int]] | None = None,
 ) -> None:
-    """Each CPU's ``crash_notes`` as the kernel can have placed it: inside System RAM, aligned as
+    """Each CPU's ``crash_notes`` as the kernel can have placed it: inside System RAM, outside the
+    ``reserved`` crashkernel ranges (memory the capture kernel owns), aligned as
     :func:`crash_notes_align` says, and no two CPUs' buffers sharing a byte. ``name(cpu)`` is the
     file to blame. Raises :class:`SnapshotError`."""
     align = crash_notes_align(size)
@@ -222,6 +225,10 @@ def check_crash_notes(
                                            f"places a {size}-byte note buffer")
         if not _in_ram(addr, size, ram):
             raise SnapshotError(name(cpu), f"[{addr:#x}, {addr + size:#x}) is not inside System RAM of proc/iomem")
+        for s, e in reserved or []:
+            if addr <= e and s < addr + size:
+                raise SnapshotError(name(cpu), f"{addr:#x} lies in the Crash kernel reservation [{s:#x}-{e:#x}], "
+                                               "which the running kernel does not allocate from")
     by_addr = sorted((a, c) for c, a in notes.items())
     for (a, ca), (b, cb) in itertools.pairwise(by_addr):
         if b < a + size:
@@ -341,7 +348,7 @@ def read_kernel_state(root_dir: Path | FsRoot, *, kernel_version: str | None = N
     iomem = read_iomem(root)
     ram = walk_system_ram_res(iomem)
     crash = crash_kernel_ranges(root, iomem)
-    notes, note_size = _crash_notes(root, cpus, present, ram)
+    notes, note_size = _crash_notes(root, cpus, present, ram, crash)
     vmci_paddr, vmci_size = _vmcoreinfo(root, ram)
     syms = _kallsyms(root)
     crashk_res = crash[-1]
