@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
+if TYPE_CHECKING:
+    from tests.makedumpfile_cases import ModelDump
+
 REPO = Path(__file__).resolve().parents[1]
+#: the ``model_dumps`` fixture: a model dump by case name
+ModelDumps = Callable[[str], "ModelDump"]
 
 
 def vectors_dir() -> Path | None:
@@ -114,3 +121,20 @@ def ppc64_steps(scenario: Path | None = None) -> list[Ppc64Step]:
 
 needs_ppc64_vectors = pytest.mark.skipif(VECTORS_PPC64 is None,
                                          reason="../shared/vectors-ppc64 not found beside the repository")
+
+
+@pytest.fixture(scope="session")
+def model_dumps() -> Iterator[ModelDumps]:
+    """Model vmcores of :data:`tests.makedumpfile_cases.MODEL_DUMP_CASES` by name, made on first use
+    in a temporary directory that is removed after the session; ``.convert(...)`` runs makedumpfile."""
+    from tests.makedumpfile_cases import MODEL_DUMP_CASES, make_model_dump
+
+    with tempfile.TemporaryDirectory(prefix="crash-hotplug-dumps-") as tmp:
+        made: dict[str, ModelDump] = {}
+
+        def get(name: str) -> ModelDump:
+            if name not in made:
+                made[name] = make_model_dump(MODEL_DUMP_CASES[name], Path(tmp))
+            return made[name]
+
+        yield get

@@ -74,3 +74,15 @@ def test_outputs_in_missing_directories(tmp_path: Path) -> None:
 def test_snapshot_into_non_empty_directory(tmp_path: Path) -> None:
     (tmp_path / "x").write_text("")
     one_line_exit_2(run("snapshot", "--root", str(example_root()), "-o", str(tmp_path)), "not empty")
+
+
+def test_json_on_build_and_snapshot(tmp_path: Path) -> None:
+    import json
+
+    res = run("elfcorehdr", "build", "--root", str(example_root()), "-o", str(tmp_path / "h.bin"), "--json")
+    assert res.exit_code == 0
+    d = json.loads(res.output)
+    assert d["bytes"] == (tmp_path / "h.bin").stat().st_size and d["memory_ranges"] > 0
+    res = run("snapshot", "--root", str(example_root()), "-o", str(tmp_path / "s"), "--json")
+    d = json.loads(res.output)
+    assert res.exit_code == (1 if d["cannot_see"] else 0) and d["files_written"] > 10

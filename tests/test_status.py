@@ -62,3 +62,21 @@ def test_not_loaded(tmp_path: Path) -> None:
 def test_unusable_input_exits_2(tmp_path: Path) -> None:
     r = CliRunner().invoke(cli, ["status", "--root", str(tmp_path / "nope")], catch_exceptions=False)
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_buffer_too_small_for_hot_addable_memory(tmp_path: Path) -> None:
+    """A 16 TiB ACPI SRAT hotplug range at 128 MiB blocks can add far more ranges than the 6.12
+    segment has room for: the kernel would refuse the update and keep a stale header."""
+    import shutil
+
+    root = tmp_path / "r"
+    shutil.copytree(steps("6.12.43")[0] / "root", root)
+    log = (root / "var/log/dmesg").read_text()
+    log = log.replace("[mem 0x100000000-0x67fffffff] hotplug", "[mem 0x100000000-0x100fffffffff] hotplug")
+    (root / "var/log/dmesg").write_text(log)
+    code, st, text = status(root)
+    codes = [r["code"] for r in st["risks"]]  # type: ignore[attr-defined]
+    assert code == 1 and codes == ["buffer-too-small"], text
+    assert st["hot_addable_ranges"] == (0x100fffffffff - 0x100000000 + 1) // (128 << 20)
+    code, st, _ = status(steps("6.12.43")[0] / "root")
+    assert st["hot_addable_ranges"] == (0x67fffffff - 0x100000000 + 1) // (128 << 20) and code == 0

@@ -244,6 +244,11 @@ def _panic(run: ScenarioRun, step: Mapping[str, Any]) -> None:
         # a task runs on every online CPU (distinct pids: gdb shows one thread per CPU)
         for c in online:
             run.machine.cpus.cpu(c).counter += 1
+    panicking = run.machine.cpus.cpu(cpu)
+    if panicking.pid == 0:
+        # the panic comes from a task (``echo c > /proc/sysrq-trigger``), not from the idle task:
+        # its pid is in the panicking CPU's NT_PRSTATUS; the other CPUs stay in their idle task (pid 0)
+        panicking.counter += 1
     run.panic = crash_kexec(run.kexec, cpu)
 
 

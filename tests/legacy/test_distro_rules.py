@@ -143,3 +143,35 @@ def test_commands() -> None:
     assert kdump_effect(sh).kind == "throttled-reload"  # type: ignore[union-attr]
     assert kdump_effect("/bin/systemctl try-restart foo.service") is None
     assert kdump_effect("/usr/sbin/kdump-config unload").kind == "unload"  # type: ignore[union-attr]
+
+
+def test_test_import_goto_and_run_operators() -> None:
+    from crash_hotplug.legacy.udev import ABSENT, Probe, evaluate, parse_rules
+
+    text = "\n".join([
+        'SUBSYSTEM!="memory", GOTO="end"',
+        'TEST=="/sys/kernel/fadump/registered", GOTO="end"',
+        'IMPORT{cmdline}="nokdumpreload", GOTO="end"',
+        'ENV{KDUMP}="1"',
+        'ENV{KDUMP}=="1", RUN+="/usr/bin/logger hotplug"',
+        'RUN+="/usr/bin/kdumpctl reload"',
+        'ACTION=="offline", RUN="/usr/bin/logger only"',
+        'ACTION=="add", RUN:="/usr/bin/kdumpctl reload"',
+        'ACTION=="add", RUN="/bin/true"',
+        'GOTO="no_such_label"',
+        'LABEL="end"',
+    ]) + "\n"
+    rf = parse_rules(text, "/etc/udev/rules.d/t.rules")
+    probe = Probe(read=lambda p: ABSENT, exists=lambda p: False, cmdline="quiet")
+    on = evaluate([rf], HotplugEvent("memory", "online"), probe)
+    assert on.reload_verdict is True and on.runs[-1][1] == "/usr/bin/kdumpctl reload"
+    assert ("/etc/udev/rules.d/t.rules:5", "/usr/bin/logger hotplug") in on.runs
+    assert evaluate([rf], HotplugEvent("memory", "offline"), probe).reload_verdict is False, "RUN= replaced it"
+    assert evaluate([rf], HotplugEvent("memory", "add"), probe).reload_verdict is True, "RUN:= is final"
+    assert evaluate([rf], HotplugEvent("cpu", "add"), probe).reload_verdict is False
+    fadump = Probe(read=lambda p: ABSENT, exists=lambda p: True, cmdline="quiet")
+    assert evaluate([rf], HotplugEvent("memory", "online"), fadump).reload_verdict is False
+    noreload = Probe(read=lambda p: ABSENT, exists=lambda p: False, cmdline="quiet nokdumpreload")
+    assert evaluate([rf], HotplugEvent("memory", "online"), noreload).reload_verdict is False
+    unknown = evaluate([rf], HotplugEvent("memory", "online"))  # TEST and cmdline unknown
+    assert unknown.reload_verdict is None

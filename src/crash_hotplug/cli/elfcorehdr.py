@@ -54,14 +54,15 @@ def root_arch(root: Path) -> str:
                    "rebuild on a memory hotplug event).")
 @click.option("--backup-start", type=lambda v: int(v, 0), default=None,
               help="ppc64le: address of the backup segment the [0, 64K) PT_LOAD points at.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @fails_cleanly
 def elfcorehdr_build(root: Path, output: Path, kernel_version: str | None, arch: str | None,
-                     by_kexec_tools: bool, backup_start: int | None) -> None:
+                     by_kexec_tools: bool, backup_start: int | None, as_json: bool) -> None:
     """Write the elfcorehdr ROOT's kernel builds: x86_64 for kexec_file_load; ppc64le as the kernel
     rebuilds it on memory hotplug, or with --kexec-tools as kexec-tools first writes it."""
     arch = arch or root_arch(root)
     if arch == "ppc64le":
-        _build_ppc64(root, output, kernel_version, by_kexec_tools, backup_start)
+        _build_ppc64(root, output, kernel_version, by_kexec_tools, backup_start, as_json)
         return
     if by_kexec_tools or backup_start is not None:
         raise click.UsageError("--kexec-tools and --backup-start are for --arch ppc64le")
@@ -69,6 +70,11 @@ def elfcorehdr_build(root: Path, output: Path, kernel_version: str | None, arch:
     buf, nr = prepare_elf_headers(state)
     write_output(output, buf)
     memsz = crash_load_segments_memsz(state.config, len(buf), nr)
+    if as_json:
+        click.echo(json.dumps({"output": str(output), "bytes": len(buf), "cpu_notes": len(state.header_cpus),
+                               "memory_ranges": nr, "kernel": str(state.config.version),
+                               "segment_memsz": -(-memsz // PAGE_SIZE) * PAGE_SIZE}, indent=1))
+        return
     out.print(
         f"{output}: {len(buf)} bytes, {len(state.header_cpus)} CPU notes, {nr} memory ranges; "
         f"kernel {state.config.version} segment memsz {-(-memsz // PAGE_SIZE) * PAGE_SIZE}"
@@ -76,7 +82,7 @@ def elfcorehdr_build(root: Path, output: Path, kernel_version: str | None, arch:
 
 
 def _build_ppc64(root: Path, output: Path, kernel_version: str | None, by_kexec_tools: bool,
-                 backup_start: int | None) -> None:
+                 backup_start: int | None, as_json: bool = False) -> None:
     state, dt = read_kernel_state_ppc64(root, kernel_version=kernel_version)
     if by_kexec_tools:
         if backup_start is None:
@@ -91,6 +97,11 @@ def _build_ppc64(root: Path, output: Path, kernel_version: str | None, by_kexec_
     size = arch_crash_get_elfcorehdr_size(len(state.possible), state.config.crash_max_memory_ranges,
                                           state.config.memory_hotplug)
     note = "" if backup_start is not None else "; [0, 64K) PT_LOAD at offset 0 (no --backup-start)"
+    if as_json:
+        click.echo(json.dumps({"output": str(output), "bytes": len(buf), "arch": "ppc64le", "by": who,
+                               "cpu_notes": len(state.possible), "memory_ranges": nr,
+                               "kernel": str(state.config.version), "crash_elfcorehdr_size": size}, indent=1))
+        return
     out.print(f"{output}: {len(buf)} bytes ({who}, ppc64le), {len(state.possible)} CPU notes, {nr} memory ranges; "
               f"kernel {state.config.version} crash_elfcorehdr_size {size}{note}")
 

@@ -75,8 +75,9 @@ def status(root: Path, as_json: bool) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path, file_okay=False), required=True,
               callback=output_empty_dir)
 @root_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @fails_cleanly
-def snapshot(output: Path, root: Path) -> None:
+def snapshot(output: Path, root: Path, as_json: bool) -> None:
     """Write a snapshot of the machine state under ROOT (default: this host) to OUTPUT, a new or
     empty directory: every file the elfcorehdr builder reads, as read, plus a manifest of what
     could not be seen and why.
@@ -85,8 +86,12 @@ def snapshot(output: Path, root: Path) -> None:
     could not be seen (each listed: not root, kernel without the feature, not present); 2: unusable
     ROOT or OUTPUT."""
     rep = write_snapshot(root, output)
-    out.print(f"{output}: {rep.files_written} files")
-    for line in rep.cannot_see:
-        out.print(f"[yellow]cannot see:[/yellow] {line}", markup=True)
-    if rep.cannot_see:
-        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps({"root": str(rep.root), "files_written": rep.files_written,
+                               "cannot_see": rep.cannot_see, "unreadable_files": rep.unreadable_files,
+                               "absent": rep.absent}, indent=1))
+    else:
+        out.print(f"{output}: {rep.files_written} files", markup=False)
+        for line in rep.cannot_see:
+            out.print(f"[yellow]cannot see:[/yellow] {escape(line)}")
+    sys.exit(1 if rep.cannot_see else 0)

@@ -118,8 +118,13 @@ def run_cmd(
 
 
 def _opt(cfg: KernelConfig | None, name: str) -> str | None:
-    """An option's value as the config has it: ``y``, ``not set``; None when there is no config."""
-    return None if cfg is None else cfg.values.get(name, "not set")
+    """An option's value as the config has it: ``y``, ``not set``, or ``absent`` (the kernel has no
+    such option, as 6.1 has no CONFIG_CRASH_HOTPLUG); None when there is no config."""
+    if cfg is None:
+        return None
+    if name in cfg.values:
+        return cfg.values[name]
+    return "not set" if name in cfg.not_set else "absent"
 
 
 @lab.command("kernels")

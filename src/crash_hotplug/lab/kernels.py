@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -216,6 +217,9 @@ def config_of(archive: AptArchive, kernel: ArchiveKernel, allow_large: bool) -> 
     _v, config, _r = find_kernel_files(unpacked)
     if config is not None and (unpacked / ".complete").exists():
         return KernelConfig.read(config), "unpacked"
+    from_config_pkg = _config_from_linux_config(archive, kernel, cached)
+    if from_config_pkg is not None:
+        return KernelConfig.read(cached), from_config_pkg
     sources = [p for p in (kernel.base,) if p] or ([] if kernel.split else [kernel.image])
     if not sources:
         return None, "no package in the archive holds its config"
@@ -232,6 +236,36 @@ def config_of(archive: AptArchive, kernel: ArchiveKernel, allow_large: bool) -> 
     cfg_dir.mkdir(parents=True, exist_ok=True)
     config.replace(cached)
     return KernelConfig.read(cached), pkg
+
+
+def _config_from_linux_config(archive: AptArchive, kernel: ArchiveKernel, dest: Path) -> str | None:
+    """Where no ``linux-base`` package holds it, the config Debian built the kernel with is in
+    ``linux-config-X.Y`` (``/usr/src/linux-config-X.Y/config.<arch>_<featureset>_<flavour>.xz``)
+    when that package is of the very same source version; written to ``dest``, the source named."""
+    if kernel.base is not None:
+        return None
+    m = _RELEASE_RE.fullmatch(kernel.release)
+    mm = re.match(r"(\d+\.\d+)", kernel.release)
+    if m is None or mm is None:
+        return None
+    pkg = f"linux-config-{mm[1]}"
+    rows = archive.madison_many([pkg]).get(pkg, [])
+    suite = next((s for v, s in rows if v == kernel.version), None)
+    if suite is None:
+        return None
+    flavour = m[2]
+    member = {"rt-amd64": "amd64_rt_amd64"}.get(flavour, f"amd64_none_{flavour}")
+    deb, _version = archive.download(pkg, suite)
+    tmp = dest.with_name(f".x-{kernel.release}-config")
+    extract_from_deb(deb, tmp, [f"./usr/src/{pkg}/config.{member}.xz"], allow_missing=True)
+    xz = tmp / "usr" / "src" / pkg / f"config.{member}.xz"
+    if not xz.exists():
+        return None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(f".{dest.name}.part")
+    part.write_bytes(lzma.decompress(xz.read_bytes()))
+    part.replace(dest)
+    return f"{pkg} {kernel.version}"
 
 
 def _deb_size(archive: AptArchive, package: str, suite: str) -> int | None:

@@ -22,7 +22,8 @@ from crash_hotplug.elf.vmcoreinfo import VMCOREINFO_NOTE_SIZE, build_vmcoreinfo_
 from crash_hotplug.errors import CrashHotplugError
 from crash_hotplug.machine.clock import Clock
 from crash_hotplug.machine.cpu import CpuHotplug, CpuhpCallback, CpuNotPossibleError
-from crash_hotplug.machine.kernel import PAGE_OFFSET_L4, KernelConfig, KernelState, KernelVersion
+from crash_hotplug.machine.kernel import PAGE_OFFSET_L4, START_KERNEL_MAP, KernelConfig, KernelState, KernelVersion
+from crash_hotplug.machine.kernel_data import KernelData, vmcoreinfo_template
 from crash_hotplug.machine.memory import (
     MEM_OFFLINE,
     MEM_ONLINE,
@@ -57,6 +58,8 @@ GIB: Final = 1 << 30
 CRASH_ALIGN: Final = 16 * MIB
 CRASH_ADDR_LOW_MAX: Final = 4 * GIB
 CRASH_LOW_SIZE: Final = 256 * MIB
+#: the ``mem_section`` root array: ``NR_SECTION_ROOTS`` (4096) pointers
+_MEM_SECTION_ROOT_BYTES: Final = 4096 * 8
 #: bytes QEMU ``pc`` keeps at the top of low RAM for firmware tables (e820 reserved)
 QEMU_LOWMEM_RESERVED: Final = 0x21000
 
@@ -131,6 +134,9 @@ class Machine:
     log: list[str] = field(default_factory=list)
     kexec: KexecStatus | None = None
     clock: Clock = field(default_factory=Clock)
+    #: the kernel structures a dump tool reads (``init_uts_ns``, page tables, ``mem_section``);
+    #: modelled for machines of a known kernel profile
+    kdata: KernelData | None = None
     _boot_cache: tuple[tuple[tuple[int, int], ...], tuple[int, ...], Mapping[int, int]] | None = field(
         default=None, repr=False, compare=False)
     uevents: UeventBus = field(default_factory=UeventBus)
@@ -229,17 +235,49 @@ class Machine:
         for s in self.cpus.cpus.values():
             if s.crash_notes:
                 self.mem.zero(s.crash_notes, self.crash_notes_size)
+        phys_base = self.text_paddr - (self.text_vaddr - START_KERNEL_MAP)
+        if self.profile is not None:
+            self._init_kernel_data(phys_base)
         if not self.vmcoreinfo_items:
             self.vmcoreinfo_items = {
                 "OSRELEASE": self.release,
                 "PAGESIZE": "4096",
                 "SYMBOL(_stext)": f"{self.text_vaddr:x}",
-                "NUMBER(phys_base)": "0",
+                "NUMBER(phys_base)": str(phys_base),
                 "KERNELOFFSET": "0",
                 "NUMBER(pgtable_l5_enabled)": "0",
             }
         note = build_vmcoreinfo_note(self.vmcoreinfo_items)
         self.mem.write(self.vmcoreinfo_paddr, note.ljust(VMCOREINFO_NOTE_SIZE, b"\0"))
+
+    def _init_kernel_data(self, phys_base: int) -> None:
+        """The profile's VMCOREINFO (filled for this machine) and the kernel structures it points
+        at (``crash_save_vmcoreinfo_init``, ``start_kernel``); hot-added DIMMs as ``add_memory`` left them."""
+        assert self.profile is not None
+        prof = profile_for(self.profile)
+        if "SYMBOL(mem_section)" in self.vmcoreinfo_items:
+            mem_section = int(self.vmcoreinfo_items["SYMBOL(mem_section)"], 16) - self.page_offset
+        else:
+            # sparse_init's memblock_alloc: top-down, from the end of the highest boot RAM
+            boot_top = max(e for s, e in self.system_ram()
+                           if not any(d.start <= s <= d.end for d in self.memory.dimms.values())) + 1
+            mem_section = boot_top - _MEM_SECTION_ROOT_BYTES
+            values = {"mem_section": f"{self.page_offset + mem_section:x}", "phys_base": str(phys_base),
+                      "kerneloffset": f"{self.text_vaddr - prof.text_vaddr:x}"}
+            self.vmcoreinfo_items = {k: v.format(**values) for k, v in vmcoreinfo_template(prof.key)}
+        bss_end = max(e for n, _, e in prof.image if n == "Kernel bss") + 1
+        self.kdata = KernelData(self.mem, self.vmcoreinfo_items, phys_base, self.page_offset,
+                                (bss_end, self.text_paddr + self.text_size), mem_section)
+        version = re.search(r"#\d+ .*$", self.banner)
+        dimms = [(d.start, d.end) for d in self.memory.dimms.values()]
+        online = [self.memory.block_range(i) for i in self.memory.online_blocks]
+        reserved = [(self.text_paddr, self.text_paddr + self.text_size - 1),
+                    (self.vmcoreinfo_paddr, self.vmcoreinfo_paddr + self.vmcoreinfo_size - 1)]
+        reserved += [r for r in (self.crashk_res, self.crashk_low_res) if r is not None]
+        reserved += [(a, a + self.crash_notes_size - 1) for a in self.crash_notes().values() if a]
+        self.kdata.boot(self.release, version.group(0) if version else "#1 SMP", self.system_ram(),
+                        self.text_paddr + self.text_size, hot_added=dimms, online=online, reserved=reserved)
+        self.memory.arch = self.kdata
 
     def crash_save_vmcoreinfo(self, crashtime: int) -> None:
         """``crash_save_vmcoreinfo`` at panic: the note gains ``CRASHTIME=<seconds>`` and is rewritten."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Final
+from typing import Final, Protocol
 
 from crash_hotplug.errors import CrashHotplugError
 from crash_hotplug.machine.notifier import (
@@ -37,6 +37,7 @@ __all__ = [
     "MEM_OFFLINE",
     "MEM_ONLINE",
     "Dimm",
+    "MemoryArch",
     "MemoryBlock",
     "MemoryBlockBusyError",
     "MemoryHotplug",
@@ -147,6 +148,20 @@ class Dimm:
         return self.start + self.size - 1
 
 
+class MemoryArch(Protocol):
+    """What the architecture and ``mm/sparse.c`` do for a range of memory: map it and give it
+    sections (``arch_add_memory``), unmap it (``arch_remove_memory``), and flag its sections online
+    or offline (``online_mem_sections`` / ``offline_mem_sections``). Ranges are inclusive."""
+
+    def arch_add_memory(self, start: int, size: int) -> None: ...
+
+    def arch_remove_memory(self, start: int, size: int) -> None: ...
+
+    def online_mem_sections(self, start: int, end: int) -> None: ...
+
+    def offline_mem_sections(self, start: int, end: int) -> None: ...
+
+
 @dataclass
 class MemoryHotplug:
     """Memory blocks, DIMMs and the memory notifier chain over an iomem tree and :class:`PhysMem`.
@@ -164,6 +179,8 @@ class MemoryHotplug:
     chain: BlockingNotifierChain[MemoryNotify] = field(
         default_factory=lambda: BlockingNotifierChain("memory_chain"))
     trace: list[tuple[int, int, bool]] = field(default_factory=list)
+    #: the kernel structures that follow memory hotplug (direct map, ``mem_section``), when modelled
+    arch: MemoryArch | None = None
 
     # -- notifier ----------------------------------------------------------------------------
     def register_memory_notifier(self, call: Callable[[int, MemoryNotify], int], priority: int = 0,
@@ -212,6 +229,8 @@ class MemoryHotplug:
             raise MemoryNotifierVetoError(index, MEM_GOING_ONLINE, -notifier_to_errno(ret))
         b.online = True
         b.zone = zone
+        if self.arch is not None:
+            self.arch.online_mem_sections(*self.block_range(index))
         self.memory_notify(MEM_ONLINE, b)
 
     def offline_pages(self, index: int) -> None:
@@ -227,6 +246,8 @@ class MemoryHotplug:
             self.memory_notify(MEM_CANCEL_OFFLINE, b)
             raise MemoryNotifierVetoError(index, MEM_GOING_OFFLINE, -notifier_to_errno(ret))
         b.online = False
+        if self.arch is not None:
+            self.arch.offline_mem_sections(*self.block_range(index))
         self.memory_notify(MEM_OFFLINE, b)
 
     # -- DIMMs -------------------------------------------------------------------------------
@@ -252,6 +273,8 @@ class MemoryHotplug:
             self.iomem.remove(start, dimm.end, SYSTEM_RAM)
             raise MemoryRangeError(f"{name}: memory blocks already exist in [{start:#x}-{dimm.end:#x}]")
         self.dimms[name] = dimm
+        if self.arch is not None:
+            self.arch.arch_add_memory(start, size)
         for i in indices:
             self.blocks[i] = MemoryBlock(i, False, "Movable", name)
         if policy != "offline":
@@ -282,6 +305,8 @@ class MemoryHotplug:
             done.append(i)
         for i in self.dimm_blocks(name):
             del self.blocks[i]
+        if self.arch is not None:
+            self.arch.arch_remove_memory(dimm.start, dimm.size)
         self.iomem.remove(dimm.start, dimm.end, SYSTEM_RAM)
         del self.dimms[name]
         self.mem.discard(dimm.start, dimm.end)

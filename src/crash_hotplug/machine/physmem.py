@@ -2,7 +2,9 @@
 
 A page nobody wrote reads as :func:`page_pattern` of its frame number and the machine's seed, so a
 vmcore taken from the model can be checked byte for byte without storing gigabytes. Writes (the
-kdump segments, ``crash_notes``, VMCOREINFO) are kept page by page.
+kdump segments, ``crash_notes``, VMCOREINFO) are kept page by page. Large regions whose every page
+holds the same bytes (the ``struct page`` array behind ``vmemmap``) are kept once, as a fill
+(:meth:`PhysMem.fill`); they count as written.
 
 A model machine written out as a snapshot records its seed in :data:`MODEL_STATE_FILE`, so a tool
 reading the snapshot (the vmcore audit) can recompute the expected bytes of any unwritten page.
@@ -10,6 +12,7 @@ reading the snapshot (the vmcore audit) can recompute the expected bytes of any 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from typing import Final, Protocol
 
@@ -39,15 +42,59 @@ class PhysMem:
     def __init__(self, seed: int = 0) -> None:
         self.seed = seed
         self._pages: dict[int, bytearray] = {}
+        #: sorted, disjoint ``[start_pfn, end_pfn)`` regions whose unwritten pages all hold one page of bytes
+        self._fills: list[tuple[int, int, bytes]] = []
         #: how many writes were made (cheap change detection for observers)
         self.writes = 0
+
+    def _unwritten(self, pfn: int) -> bytes:
+        """What a page that holds no write reads as: its fill, or its pattern."""
+        i = bisect.bisect_right(self._fills, (pfn, 1 << 64)) - 1
+        if i >= 0 and self._fills[i][0] <= pfn < self._fills[i][1]:
+            return self._fills[i][2]
+        return page_pattern(pfn, self.seed)
 
     def _page(self, pfn: int) -> bytearray:
         page = self._pages.get(pfn)
         if page is None:
-            page = bytearray(page_pattern(pfn, self.seed))
+            page = bytearray(self._unwritten(pfn))
             self._pages[pfn] = page
         return page
+
+    def fill(self, paddr: int, size: int, page: bytes) -> None:
+        """Every page of the page-aligned range ``[paddr, paddr + size)`` holds ``page`` (kept once)."""
+        if paddr % PAGE_SIZE or size % PAGE_SIZE or len(page) != PAGE_SIZE:
+            raise ValueError("a fill covers whole pages with one page of bytes")
+        start, end = paddr // PAGE_SIZE, (paddr + size) // PAGE_SIZE
+        self.writes += 1
+        self._unfill(start, end)
+        bisect.insort(self._fills, (start, end, bytes(page)))
+        self._drop_pages(start, end)
+
+    def _drop_pages(self, start: int, end: int) -> None:
+        """Forget stored pages with pfn in ``[start, end)``."""
+        if end - start < len(self._pages):
+            for pfn in range(start, end):
+                self._pages.pop(pfn, None)
+        else:
+            for pfn in [p for p in self._pages if start <= p < end]:
+                del self._pages[pfn]
+
+    def _unfill(self, start: int, end: int) -> None:
+        """Drop fills over ``[start, end)`` pfns (keeping the parts outside)."""
+        fills = self._fills
+        lo = max(0, bisect.bisect_right(fills, (start, 1 << 64)) - 1)
+        hi = bisect.bisect_left(fills, (end, 0))
+        kept: list[tuple[int, int, bytes]] = []
+        for s, e, page in fills[lo:hi]:
+            if e <= start or s >= end:
+                kept.append((s, e, page))
+                continue
+            if s < start:
+                kept.append((s, start, page))
+            if e > end:
+                kept.append((end, e, page))
+        fills[lo:hi] = kept
 
     def read(self, paddr: int, size: int) -> bytes:
         if size <= 0:
@@ -55,10 +102,11 @@ class PhysMem:
         first, off = divmod(paddr, PAGE_SIZE)
         last = (paddr + size - 1) // PAGE_SIZE
         pages = self._pages
+        unwritten = self._unwritten if self._fills else lambda pfn: page_pattern(pfn, self.seed)
         if first == last:
             page = pages.get(first)
-            return bytes((page if page is not None else page_pattern(first, self.seed))[off : off + size])
-        parts = [pages.get(pfn) or page_pattern(pfn, self.seed) for pfn in range(first, last + 1)]
+            return bytes((page if page is not None else unwritten(first))[off : off + size])
+        parts = [pages.get(pfn) or unwritten(pfn) for pfn in range(first, last + 1)]
         whole = b"".join(parts)
         return whole[off : off + size] if off or len(whole) != size else whole
 
@@ -78,20 +126,20 @@ class PhysMem:
 
     def discard(self, start: int, end: int) -> None:
         """Forget writes to pages in ``[start, end]`` (memory that left the machine)."""
-        for pfn in [p for p in self._pages if start <= p * PAGE_SIZE <= end]:
-            del self._pages[pfn]
+        self._drop_pages(-(-start // PAGE_SIZE), end // PAGE_SIZE + 1)
+        self._unfill(start // PAGE_SIZE, end // PAGE_SIZE + 1)
 
     @property
     def written_pages(self) -> int:
         return len(self._pages)
 
     def written_ranges(self) -> list[tuple[int, int]]:
-        """Inclusive byte ranges of the pages that were written (and so may differ from the pattern)."""
+        """Inclusive byte ranges of the pages that were written or filled (and so may differ from the pattern)."""
+        spans = sorted([(pfn, pfn + 1) for pfn in self._pages] + [(s, e) for s, e, _ in self._fills])
         out: list[tuple[int, int]] = []
-        for pfn in sorted(self._pages):
-            start = pfn * PAGE_SIZE
-            if out and out[-1][1] + 1 == start:
-                out[-1] = (out[-1][0], start + PAGE_SIZE - 1)
+        for s, e in spans:
+            if out and out[-1][1] + 1 >= s * PAGE_SIZE:
+                out[-1] = (out[-1][0], max(out[-1][1], e * PAGE_SIZE - 1))
             else:
-                out.append((start, start + PAGE_SIZE - 1))
+                out.append((s * PAGE_SIZE, e * PAGE_SIZE - 1))
         return out
