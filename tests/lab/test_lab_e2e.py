@@ -17,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from crash_hotplug.cli.lab import lab
+from crash_hotplug.lab.check import check_run
 from crash_hotplug.lab.errors import QemuError
 from crash_hotplug.lab.qemu import VM, MachineConfig
 
@@ -87,9 +88,23 @@ def test_short_scenario_on_7x_end_to_end(tmp_path: Path) -> None:
     assert (out / "vmcore-headers.bin").read_bytes()[:4] == b"\x7fELF"
     for log in ("serial.log", "qmp.log", "scenario.json"):
         assert (out / log).stat().st_size > 0
+    # the capture kernel ran the distribution's core collector on /proc/vmcore, as kdump-utils does
+    dumps = capture["dumps"]
+    assert [(d["file"], d["command"]) for d in dumps] == [("vmcore.kdump", "makedumpfile -l --message-level 1 -d 31")]
+    assert (out / "vmcore.kdump").stat().st_size == dumps[0]["bytes"]
+    assert (out / "vmcore.kdump").read_bytes()[:8] == b"KDUMP   "
     check = runner.invoke(lab, ["check", str(out)])
     assert check.exit_code == 0, check.output
     assert check.output.count("same bytes") == 4, check.output
+    # The audit of the makedumpfile file beside the audit of the vmcore headers. The DIMM was removed
+    # above all other memory: the stale header lists it (extra memory), but makedumpfile trims
+    # max_mapnr to the last present memory section, so the file has no page of it; and -d 31's
+    # filtered pages are reported as filtered, not missing.
+    rows = {name: (ok, detail) for name, ok, detail in check_run(out).vmcore}
+    ok, detail = rows["vmcore.kdump audit = vmcore headers audit"]
+    assert ok is None, detail
+    assert detail.startswith("kdump-compressed: exit 0 (no findings); vmcore headers: exit 1 (memory-extra)"), detail
+    assert "filtered by the dump level, -d 31" in detail and "trims max_mapnr" in detail, detail
 
 
 @pytest.mark.lab

@@ -178,7 +178,55 @@ def _vmcore_checks(run: RunDir, last: Step) -> list[tuple[str, bool | None, str]
             )
         )
     out.append(_audit_hook(run, last))
+    for name in DUMP_FILE_NAMES:
+        if (run.path / name).exists():
+            out.append(_dump_audit(run, last, name))
     return out
+
+
+#: the files makedumpfile wrote in the capture kernel (the panic step's ``dump``)
+DUMP_FILE_NAMES = ("vmcore.kdump", "vmcore.flat")
+
+
+def _dump_audit(run: RunDir, last: Step, name: str) -> tuple[str, bool | None, str]:
+    """The audit of the file makedumpfile wrote in the capture kernel, beside the audit of the
+    vmcore headers: the verdict (exit status and the kinds of findings) must be the same, since
+    both describe the same /proc/vmcore; a dump the audit cannot read fails the check."""
+    try:
+        audit_mod = importlib.import_module("crash_hotplug.audit")
+    except ImportError:
+        return (f"{name} audit", None, "skipped: crash_hotplug.audit is not available")
+    try:
+        on_headers: Any = audit_mod.audit(run.path / "vmcore-headers.bin", last.root)
+        on_dump: Any = audit_mod.audit(run.path / name, last.root)
+    except Exception as exc:  # the audit's own error names the unusable input
+        return (f"{name} audit", False, f"audit failed: {exc}")
+
+    def verdict(rep: Any) -> tuple[int, list[str]]:
+        return int(rep.exit_status), sorted(str(f.kind) for f in rep.findings)
+
+    same = verdict(on_dump) == verdict(on_headers)
+    kinds = ", ".join(verdict(on_dump)[1]) or "no findings"
+    detail = (f"{on_dump.dump_format}: exit {on_dump.exit_status} ({kinds}); vmcore headers: exit "
+              f"{on_headers.exit_status} ({', '.join(verdict(on_headers)[1]) or 'no findings'})")
+    notes = [n for n in getattr(on_dump, "notes", []) if "filtered" in n or "dump level" in n]
+    if notes:
+        detail += "; " + notes[0]
+    ok: bool | None = same
+    if not same and _only_extra_memory_dropped(on_headers, on_dump):
+        # makedumpfile trims max_mapnr to the last present memory section (get_mem_map): a range the
+        # kernel removed above all other memory is in the stale header but not in the file
+        ok = None
+        detail += ("; differs because makedumpfile left out the stale range: it trims max_mapnr to the "
+                   "last present memory section, and the removed memory was above it")
+    return (f"{name} audit = vmcore headers audit", ok, detail)
+
+
+def _only_extra_memory_dropped(on_headers: Any, on_dump: Any) -> bool:
+    """The headers' audit has ``memory-extra`` findings the dump's lacks, and nothing else differs."""
+    head = sorted(str(f.kind) for f in on_headers.findings)
+    dump = sorted(str(f.kind) for f in on_dump.findings)
+    return "memory-extra" in head and [k for k in head if k != "memory-extra"] == dump
 
 
 def _audit_hook(run: RunDir, last: Step) -> tuple[str, bool | None, str]:

@@ -162,13 +162,17 @@ class KernelPackage:
 
 @dataclass(frozen=True)
 class GuestTools:
-    """The guest userspace: busybox-static and kexec-tools from bookworm, unpacked."""
+    """The guest userspace: busybox-static, kexec-tools and makedumpfile from bookworm, unpacked."""
 
     busybox: Path
     busybox_version: str
     kexec: Path
     kexec_version: str
     sysroot: Path  # the unpacked shared libraries kexec needs (its lib* dependency closure)
+    #: the capture kernel's core collector and the libraries it loads (same closure rule)
+    makedumpfile: Path | None = None
+    makedumpfile_version: str = ""
+    makedumpfile_sysroot: Path | None = None
 
 
 class AptArchive:
@@ -430,7 +434,16 @@ class AptArchive:
         if kexec is None or not (bb_dir / "bin" / "busybox").exists():
             raise KernelFetchError("busybox-static or kexec-tools did not unpack as expected")
         sysroot = self.library_closure("kexec-tools", "bookworm", out / f"kexec-tools_{_dirsafe(kx_ver)}.sysroot")
-        return GuestTools(bb_dir / "bin" / "busybox", bb_ver, kexec, kx_ver, sysroot)
+        md_deb, md_ver = self.download("makedumpfile", "bookworm")
+        md_dir = out / f"makedumpfile_{_dirsafe(md_ver)}"
+        makedumpfile = _first_existing(md_dir, ["usr/bin/makedumpfile", "usr/sbin/makedumpfile"])
+        if makedumpfile is None:
+            extract_from_deb(md_deb, md_dir, ["./usr/bin/makedumpfile", "./usr/sbin/makedumpfile"], allow_missing=True)
+            makedumpfile = _first_existing(md_dir, ["usr/bin/makedumpfile", "usr/sbin/makedumpfile"])
+        if makedumpfile is None:
+            raise KernelFetchError("makedumpfile did not unpack as expected")
+        md_sysroot = self.library_closure("makedumpfile", "bookworm", out / f"makedumpfile_{_dirsafe(md_ver)}.sysroot")
+        return GuestTools(bb_dir / "bin" / "busybox", bb_ver, kexec, kx_ver, sysroot, makedumpfile, md_ver, md_sysroot)
 
     def depends(self, package: str, suite: str) -> list[str]:
         """The first alternative of each ``Depends`` of ``package`` in ``suite`` (virtuals dropped)."""

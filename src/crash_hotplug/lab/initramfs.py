@@ -165,11 +165,16 @@ def _base(cpio: Cpio, tools: GuestTools, labtool: Path) -> None:
 
 def kexec_libraries(tools: GuestTools) -> list[tuple[str, Path]]:
     """(guest path, host file) for every shared object kexec loads, found with ``ldd`` in the sysroot."""
-    libdirs = [tools.sysroot / "lib/x86_64-linux-gnu", tools.sysroot / "usr/lib/x86_64-linux-gnu"]
+    return shared_libraries(tools.kexec, tools.sysroot)
+
+
+def shared_libraries(binary: Path, sysroot: Path) -> list[tuple[str, Path]]:
+    """(guest path, host file) for every shared object ``binary`` loads, found with ``ldd`` in ``sysroot``."""
+    libdirs = [sysroot / "lib/x86_64-linux-gnu", sysroot / "usr/lib/x86_64-linux-gnu"]
     env = dict(os.environ, LD_LIBRARY_PATH=":".join(str(d) for d in libdirs))
-    proc = subprocess.run(["ldd", str(tools.kexec)], env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(["ldd", str(binary)], env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0 or "not found" in proc.stdout:
-        raise InitramfsError(f"cannot resolve kexec's libraries: {proc.stdout}{proc.stderr}")
+        raise InitramfsError(f"cannot resolve {binary.name}'s libraries: {proc.stdout}{proc.stderr}")
     out: list[tuple[str, Path]] = []
     for line in proc.stdout.splitlines():
         parts = line.split()
@@ -177,7 +182,7 @@ def kexec_libraries(tools: GuestTools) -> list[tuple[str, Path]]:
             host = Path(parts[parts.index("=>") + 1])
             out.append((f"lib/x86_64-linux-gnu/{parts[0]}", host))
         elif parts and parts[0].startswith("/lib64/"):
-            loader = tools.sysroot / "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
+            loader = sysroot / "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
             out.append(("lib64/ld-linux-x86-64.so.2", loader if loader.exists() else Path(parts[0])))
     return out
 
@@ -220,9 +225,16 @@ def _cached(out: Path, blob: bytes) -> Path:
 
 
 def build_capture_initramfs(cache: Path, tools: GuestTools, labtool: Path) -> Path:
-    """The capture kernel's initramfs: busybox, labtool and the same ``/init``."""
+    """The capture kernel's initramfs: busybox, labtool, the same ``/init`` and, as a distribution's
+    kdump initramfs has it, makedumpfile with its shared libraries (the core collector)."""
     cpio = Cpio()
     _base(cpio, tools, labtool)
+    if tools.makedumpfile is not None and tools.makedumpfile_sysroot is not None:
+        for d in ("lib", "lib/x86_64-linux-gnu", "lib64"):
+            cpio.dir(d)
+        cpio.file("sbin/makedumpfile", tools.makedumpfile.read_bytes())
+        for guest_path, host in shared_libraries(tools.makedumpfile, tools.makedumpfile_sysroot):
+            cpio.file(guest_path, host.resolve().read_bytes())
     blob = cpio.gzip()
     out = cache / "initramfs" / f"capture-{_digest([blob])}.cpio.gz"
     return _cached(out, blob)

@@ -29,9 +29,12 @@ OPS: dict[str, tuple[dict[str, type | tuple[type, ...]], dict[str, type | tuple[
     "online_block": ({"block": int}, {}),
     "offline_block": ({"block": int}, {}),
     "storm": ({}, {"blocks": int, "reload_runs": int, "dimm_mib": int, "toggles": int, "cpu_toggles": int}),
-    "panic": ({}, {"cpu": (int, str)}),
+    "panic": ({}, {"cpu": (int, str), "dump": (str, list)}),
 }
 SYSCALLS = ("kexec_file_load", "kexec_load")
+#: the panic step's ``dump``: makedumpfile in the capture kernel writes kdump-compressed (``-l``)
+#: or flattened (``-F``) output, which comes back into the run directory
+DUMP_MODES = ("-l", "-F")
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,10 @@ def _check_step(i: int, step: Any) -> dict[str, Any]:
         raise ScenarioError(f"step {i} (add_dimm): size_mib must be a positive multiple of 128")
     if op == "panic" and isinstance(step.get("cpu"), str) and step["cpu"] != "last_online":
         raise ScenarioError(f"step {i} (panic): cpu must be a number or 'last_online'")
+    if op == "panic" and "dump" in step:
+        modes = [step["dump"]] if isinstance(step["dump"], str) else step["dump"]
+        if not modes or any(m not in DUMP_MODES for m in modes):
+            raise ScenarioError(f"step {i} (panic): dump must be one or more of {', '.join(DUMP_MODES)}")
     return dict(step)
 
 

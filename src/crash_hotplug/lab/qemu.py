@@ -28,6 +28,7 @@ from crash_hotplug.lab.quirks import MachineQuirk
 
 __all__ = [
     "ACCELS",
+    "DUMP_PORT",
     "KERNEL_CMDLINE",
     "KVM_FAILURE_MARKS",
     "VM",
@@ -73,6 +74,10 @@ class MachineConfig:
         if "extra_args" in kw:
             kw["extra_args"] = tuple(kw["extra_args"])
         return cls(**kw)
+
+
+#: the ``isa-debugcon`` port the capture kernel writes its dump file to (``labtool out``)
+DUMP_PORT = 0xE9
 
 
 def qemu_argv(
@@ -186,6 +191,11 @@ class VM:
         self.argv = qemu_argv(
             cfg, accel, str(kernel), str(initrd), str(self.serial_sock), str(self.qmp_sock), self.quirks
         )
+        #: bytes the guest writes to I/O port DUMP_PORT (``isa-debugcon``) land in this file: the way
+        #: a dump file comes back from the capture kernel (the console's base64 is too slow for it)
+        self.dump_path = run_dir / "capture-debugcon.bin"
+        self.argv += ["-chardev", f"file,id=dump0,path={self.dump_path}",
+                      "-device", f"isa-debugcon,iobase={DUMP_PORT:#x},chardev=dump0"]
         self.proc: subprocess.Popen[bytes] | None = None
         self.qmp: Any = None
         self.serial: SerialConsole | None = None

@@ -39,7 +39,7 @@ from crash_hotplug.lab.initramfs import (
 from crash_hotplug.lab.kconfig import KernelConfig
 from crash_hotplug.lab.kernels import KernelRequest, usable_or_raise
 from crash_hotplug.lab.plan import Plan
-from crash_hotplug.lab.qemu import KVM_FAILURE_MARKS, VM, MachineConfig, kvm_probe
+from crash_hotplug.lab.qemu import DUMP_PORT, KVM_FAILURE_MARKS, VM, MachineConfig, kvm_probe
 from crash_hotplug.lab.quirks import MachineQuirk, QuirkVerdicts, hotplug_cpus, needs_quirk
 from crash_hotplug.lab.rundir import (
     KERNEL_TEXT_VADDR,
@@ -57,6 +57,13 @@ KCORE_READ = 65536
 VMCORE_READ = 65536
 BOOT_TIMEOUT = 300.0
 CAPTURE_TIMEOUT = 600.0
+#: the panic step's ``"dump"`` modes: the file each writes and the core collector's options
+#: (kdump-utils' default ``makedumpfile -l --message-level 1 -d 31``; ``-F`` for an ssh target)
+DUMP_FILES = {
+    "-l": ("vmcore.kdump", "-l --message-level 1 -d 31"),
+    "-F": ("vmcore.flat", "-F -l --message-level 1 -d 31"),
+}
+DUMP_TIMEOUT = 1200.0
 KVM_PROBE_TIMEOUT = 60.0
 # The capture kernel is the same kernel, with the capture initramfs (the vectors' load).
 KEXEC_ARGS = "/kdump/vmlinuz --initrd=/kdump/capture.cpio.gz --append=" + shlex.quote(CAPTURE_CMDLINE)
@@ -115,6 +122,7 @@ class _State:
     summaries: list[dict[str, Any]] = field(default_factory=list)
     last_header: bytes | None = None
     last_root: Path | None = None
+    dumps: list[dict[str, Any]] = field(default_factory=list)
 
 
 class Runner:
@@ -647,6 +655,44 @@ class Runner:
         banner = PANIC_RE.search(con.text(start))
         self.report(f"capture kernel up in {capture_boot:.1f} s")
         self._capture(con, pinned, banner, capture_boot)
+        modes = step.get("dump") or []
+        for mode in [modes] if isinstance(modes, str) else modes:
+            self._dump(con, vm, str(mode))
+
+    def _dump(self, con: SerialConsole, vm: VM, mode: str) -> None:
+        """Run the distribution's core collector on ``/proc/vmcore`` as kdump-utils does
+        (``makedumpfile -l --message-level 1 -d 31``; with ``-F`` the flattened stream an ssh
+        target receives) and bring the file back through the debug console port."""
+        if mode not in DUMP_FILES:
+            raise ScenarioError(f"panic: dump mode {mode!r} is not one of {', '.join(DUMP_FILES)}")
+        name, options = DUMP_FILES[mode]
+        start = vm.dump_path.stat().st_size if vm.dump_path.exists() else 0
+        t0 = time.monotonic()
+        if mode == "-F":
+            cmd = f"makedumpfile {options} /proc/vmcore 2>/tmp/md.err | labtool out {DUMP_PORT:#x}"
+        else:
+            cmd = (f"makedumpfile {options} /proc/vmcore /tmp/{name} >/tmp/md.err 2>&1 && "
+                   f"labtool out {DUMP_PORT:#x} < /tmp/{name} && rm -f /tmp/{name}")
+        rc, out = con.run(cmd, timeout=DUMP_TIMEOUT, check=False)
+        _rc, err = con.run("cat /tmp/md.err", check=False)
+        counted = re.findall(r"^(\d+) 0\s*$", out, re.MULTILINE)
+        if rc != 0 or not counted:
+            raise ScenarioError(f"capture: makedumpfile {options} failed ({rc}): {(out + err).strip()[-600:]}")
+        size = int(counted[-1])
+        with vm.dump_path.open("rb") as f:
+            f.seek(start)
+            data = f.read(size)
+        if len(data) != size:
+            raise ScenarioError(f"capture: {name}: {len(data)} of {size} bytes came back through the debug port")
+        (self.out / name).write_bytes(data)
+        took = time.monotonic() - t0
+        self.report(f"capture: makedumpfile {options} -> {name}, {size} B in {took:.1f} s")
+        self.state.dumps.append({"file": name, "command": f"makedumpfile {options}", "bytes": size,
+                                 "host_s": round(took, 3), "makedumpfile_messages": _last_lines(err)})
+        cap = self.out / "capture.json"
+        info = json.loads(cap.read_text())
+        info["dumps"] = self.state.dumps
+        cap.write_text(json.dumps(info, indent=1) + "\n")
 
     def _capture(self, con: SerialConsole, pinned: int, banner: re.Match[str] | None, boot_s: float) -> None:
         _rc, cmdline = con.run("cat /proc/cmdline")
@@ -781,3 +827,9 @@ def run_scenario(
         return Runner(plan, kernel, out, accel=accel, report=report).run()
     except subprocess.SubprocessError as exc:
         raise LabError(str(exc)) from exc
+
+
+def _last_lines(text: str) -> str:
+    """makedumpfile's messages without its progress meter (each ``\r`` rewrites the line), at most 2000 characters."""
+    lines = [line.rsplit("\r", 1)[-1].rstrip() for line in text.split("\n")]
+    return "\n".join(line for line in lines if line)[-2000:]

@@ -5,6 +5,8 @@
  *   labtool time CMD [ARG...]                run CMD, print "<exit status> <ns>" on stderr-free stdout
  *   labtool kfl KERNEL INITRD FLAGS CMDLINE  raw kexec_file_load(2) with FLAGS (e.g. 0xa =
  *                                            KEXEC_FILE_ON_CRASH|KEXEC_FILE_DEBUG); prints "<rc> <errno>"
+ *   labtool out PORT                         copy stdin to I/O port PORT (QEMU's isa-debugcon) with
+ *                                            rep outsb; prints "<bytes> <errno>"
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -12,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/io.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -74,6 +77,22 @@ int main(int argc, char **argv)
 		printf("%ld %d\n", rc, rc < 0 ? errno : 0);
 		return rc < 0;
 	}
-	fprintf(stderr, "usage: labtool now | wr FILE VALUE | time CMD... | kfl KERNEL INITRD FLAGS CMDLINE\n");
+	if (argc == 3 && !strcmp(argv[1], "out")) {
+		unsigned long port = strtoul(argv[2], NULL, 0);
+		static unsigned char buf[1 << 16];
+		long long total = 0;
+		ssize_t n;
+		if (ioperm(port, 1, 1) < 0) {
+			printf("-1 %d\n", errno);
+			return 1;
+		}
+		while ((n = read(0, buf, sizeof(buf))) > 0) {
+			outsb(port, buf, n);
+			total += n;
+		}
+		printf("%lld %d\n", total, n < 0 ? errno : 0);
+		return n < 0;
+	}
+	fprintf(stderr, "usage: labtool now | wr FILE VALUE | time CMD... | kfl KERNEL INITRD FLAGS CMDLINE | out PORT\n");
 	return 2;
 }
