@@ -95,3 +95,11 @@ def test_show_on_a_4g_sparse_vmcore_reads_only_its_head(tmp_path: Path) -> None:
     a, b = o.stdout.replace(str(big), "F"), small.stdout
     assert '"file_size": 4294967296' in a
     assert a.replace('"file_size": 4294967296', "") == b.replace(f'"file_size": {len(head)}', "")
+
+
+def test_snapshot_of_a_root_with_a_fifo_does_not_hang(tmp_path: Path) -> None:
+    root = copy_root(tmp_path)
+    _replace(root / "proc/iomem", "fifo")
+    o = cli("snapshot", "-o", tmp_path / "snap", "--root", root)
+    assert o.code in (1, 2) and "Traceback" not in o.stderr, o
+    assert "proc/iomem" in o.stdout + o.stderr

@@ -22,8 +22,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crash_hotplug.errors import SnapshotError
+from crash_hotplug.errors import InputFileError, SnapshotError
 from crash_hotplug.facts import ABSENT, Lookup
+from crash_hotplug.fileio import read_text_limited
 from crash_hotplug.machine.kernel import KernelState
 from crash_hotplug.snapshot.reader import DMESG, RULE_DIRS, read_kernel_state
 from crash_hotplug.snapshot.root import FsRoot, limit_for
@@ -161,8 +162,10 @@ def open_root(path: Path) -> HostRoot:
     manifest = path / SNAPSHOT_MANIFEST
     if manifest.is_file():
         try:
-            data = json.loads(manifest.read_text())
-        except (OSError, ValueError):
+            data = json.loads(read_text_limited(manifest, limit_for(SNAPSHOT_MANIFEST)))
+        except InputFileError as e:
+            raise SnapshotError(e.path, e.what) from None
+        except (OSError, ValueError, RecursionError):
             raise SnapshotError(str(manifest), "not a snapshot manifest (bad JSON)") from None
         unreadable = data.get("unreadable_files", []) if isinstance(data, dict) else []
         return HostRoot(path, "snapshot", fs, {str(u) for u in unreadable if isinstance(u, str)})

@@ -20,10 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from crash_hotplug.elf.core import ElfCore
-from crash_hotplug.errors import ElfFormatError, SnapshotError
+from crash_hotplug.errors import ElfFormatError, InputFileError, SnapshotError
+from crash_hotplug.fileio import read_limited
 from crash_hotplug.machine.machine import Machine
 from crash_hotplug.snapshot.model import write_machine_files
 from crash_hotplug.snapshot.reader import CPU_DIR, DMESG, MEM_DIR, RULE_DIRS
+from crash_hotplug.snapshot.root import limit_for
 from crash_hotplug.snapshot.sos import SNAPSHOT_MANIFEST
 
 __all__ = ["SNAPSHOT_MANIFEST", "SnapshotReport", "write_snapshot"]
@@ -71,7 +73,11 @@ def _copy(src_root: Path, dst_root: Path, rel: str, rep: SnapshotReport) -> byte
     if not src.exists():
         return None
     try:
-        data = src.read_bytes()
+        data = read_limited(src, limit_for(rel))
+    except InputFileError as e:
+        rep.unreadable_files.append(rel)
+        rep.cannot_see.append(f"/{rel}: {e.what}")
+        return None
     except PermissionError:
         rep.unreadable_files.append(rel)
         rep.cannot_see.append(f"/{rel}: permission denied (not root)")
