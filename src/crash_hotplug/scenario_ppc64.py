@@ -19,6 +19,7 @@ from crash_hotplug.kexec.kexec_core import Kexec
 from crash_hotplug.kexec.kexec_load_ppc64 import Ppc64Payload, kexec_tools_load_ppc64
 from crash_hotplug.kexec.kimage import Kimage, kimage_find_elfcorehdr
 from crash_hotplug.machine.pseries import OfNode, Pseries
+from crash_hotplug.snapshot.model_ppc64 import pseries_from_snapshot
 
 __all__ = ["PPC64_SCRIPTED_STEPS", "Ppc64Run", "Ppc64ScenarioError"]
 
@@ -64,7 +65,7 @@ class Ppc64Run:
     def from_snapshot(cls, root: Path, payload: Ppc64Payload, *, hotplug: bool = True,
                       cpus_nodes: list[OfNode] | None = None,
                       cpu_node_templates: Mapping[int, OfNode] | None = None) -> Ppc64Run:
-        return cls(Pseries.from_snapshot(root, cpus_nodes=cpus_nodes, cpu_node_templates=cpu_node_templates),
+        return cls(pseries_from_snapshot(root, cpus_nodes=cpus_nodes, cpu_node_templates=cpu_node_templates),
                    payload, hotplug)
 
     # -- what is in memory ------------------------------------------------------------------

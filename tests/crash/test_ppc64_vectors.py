@@ -25,8 +25,9 @@ from crash_hotplug.kexec.kexec_load_ppc64 import (
     fixup_dt,
     kdump_fdt_extra_size,
 )
-from crash_hotplug.machine.pseries import OfNode, Pseries
+from crash_hotplug.machine.pseries import OfNode
 from crash_hotplug.scenario_ppc64 import Ppc64Run
+from crash_hotplug.snapshot.model_ppc64 import pseries_from_snapshot
 from crash_hotplug.snapshot.reader_ppc64 import read_kernel_state_ppc64
 from tests.conftest import VECTORS_PPC64, Ppc64Step, needs_ppc64_vectors, ppc64_steps
 
@@ -75,7 +76,7 @@ def _plan() -> list[dict[str, Any]]:
 def test_first_header_is_kexec_tools_bytes() -> None:
     """S0: kexec-tools' header from S0's snapshot (RTAS last, page-rounded; [0, 64K) at the backup)."""
     s0 = _step("S0")
-    p = Pseries.from_snapshot(s0.root)
+    p = pseries_from_snapshot(s0.root)
     backup = s0.meta["kexec_segments"][1]["mem"]
     built = crash_create_elf64_headers_ppc64(p, backup)
     assert len(built) == s0.meta["kexec_segments"][2]["bufsz"]

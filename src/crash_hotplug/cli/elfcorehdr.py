@@ -20,8 +20,8 @@ from crash_hotplug.fileio import open_regular, read_limited
 from crash_hotplug.inspect import DumpSummary, HeaderSummary, diff_headers, summarize, summarize_dump
 from crash_hotplug.kexec.kexec_load_ppc64 import crash_create_elf64_headers_ppc64
 from crash_hotplug.machine.kernel import KernelState
-from crash_hotplug.machine.pseries import Pseries
 from crash_hotplug.snapshot.devicetree import is_ppc64_root
+from crash_hotplug.snapshot.model_ppc64 import pseries_from_snapshot
 from crash_hotplug.snapshot.reader import read_kernel_state
 from crash_hotplug.snapshot.reader_ppc64 import read_kernel_state_ppc64
 from crash_hotplug.snapshot.root import FsRoot
@@ -87,7 +87,7 @@ def _build_ppc64(root: Path, output: Path, kernel_version: str | None, by_kexec_
     if by_kexec_tools:
         if backup_start is None:
             raise click.UsageError("--kexec-tools needs --backup-start (where kexec-tools put the backup segment)")
-        buf = crash_create_elf64_headers_ppc64(Pseries.from_snapshot(root), backup_start)
+        buf = crash_create_elf64_headers_ppc64(pseries_from_snapshot(root), backup_start)
         nr = (len(buf) and int.from_bytes(buf[56:58], "little")) - len(state.possible) - 1
         who = "kexec-tools"
     else:
