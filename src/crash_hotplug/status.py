@@ -64,8 +64,8 @@ _COVERS = {"cpu": (("add", "online"), ("remove", "offline")), "memory": (("add",
 #: x86_64 kernels whose header keeps a hot-removed DIMM until the next memory event
 STALE_REMOVE_KERNELS = ("x86_64 kernels with CONFIG_CRASH_HOTPLUG, 6.6 and later (measured on 6.12.43 and "
                         "6.12.117; unchanged in source through 7.3)")
-_SRAT = re.compile(r"SRAT: Node \d+ PXM \d+ \[mem (0x[0-9a-f]+)-(0x[0-9a-f]+)\] hotplug")
-_CRASH_HP = re.compile(r"crash hp: hp_action (\d+)")
+_SRAT = re.compile(r"SRAT: Node [0-9]+ PXM [0-9]+ \[mem (0x[0-9a-f]+)-(0x[0-9a-f]+)\] hotplug")
+_CRASH_HP = re.compile(r"crash hp: hp_action ([0-9]+)")
 
 
 @dataclass

@@ -314,7 +314,9 @@ def test_table_fits_80_columns() -> None:
     (["--to", "99999999999999999999"], "--to: 99999999999999999999 is beyond the 52-bit physical address space"),
     (["--to", "5P"], "beyond the 52-bit physical address space"),
     (["--to", "lots"], "--to: not a size"),
-    (["--from", "0"], "--from: the guest needs some memory"),
+    (["--from", "0"], "--from: 0 MiB is less than the 256 MiB"),
+    (["--to", "0"], "--to: 0 MiB is less than the 256 MiB"),
+    (["--from", "１G"], "--from: not a size"),
     (["--to", "4096T", "--dimm", "128M"], "at most 300000 are simulated"),
     (["--reload-at", "inf"], "--reload-at"),
 ])

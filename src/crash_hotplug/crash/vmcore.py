@@ -100,7 +100,7 @@ def parse_elfcorehdr_param(cmdline: str) -> int:
     if not m:
         raise ValueError("no elfcorehdr= on the command line")
     value = m.group(1).rpartition("@")[2]
-    v = re.fullmatch(r"(0[xX][0-9a-fA-F]+|\d+)([KMGkmg]?)", value)
+    v = re.fullmatch(r"(0[xX][0-9a-fA-F]+|[0-9]+)([KMGkmg]?)", value)
     if not v:
         raise ValueError(f"elfcorehdr={m.group(1)}: not an address")
     shift = {"": 0, "k": 10, "m": 20, "g": 30}[v.group(2).lower()]

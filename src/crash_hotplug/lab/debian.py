@@ -78,19 +78,19 @@ class KernelSpec:
 KERNEL_KEYS: dict[str, KernelSpec] = {
     "6.1": KernelSpec(
         "6.1",
-        r"linux-image-6\.1\.0-(\d+)-amd64-unsigned",
+        r"linux-image-6\.1\.0-([0-9]+)-amd64-unsigned",
         ("bookworm", "bookworm-updates", "bookworm-security"),
         "bookworm 6.1 (no CONFIG_CRASH_HOTPLUG)",
     ),
     "6.12": KernelSpec(
         "6.12",
-        r"linux-image-6\.12\.(\d+)\+deb13-amd64-unsigned",
+        r"linux-image-6\.12\.([0-9]+)\+deb13-amd64-unsigned",
         ("trixie", "trixie-updates", "trixie-security"),
         "trixie 6.12",
     ),
     "6.12-bpo": KernelSpec(
         "6.12-bpo",
-        r"linux-image-6\.12\.(\d+)\+deb12-amd64-unsigned",
+        r"linux-image-6\.12\.([0-9]+)\+deb12-amd64-unsigned",
         ("bookworm-backports",),
         "bookworm-backports 6.12",
     ),
@@ -102,8 +102,8 @@ KERNEL_KEYS: dict[str, KernelSpec] = {
     ),
 }
 
-_EXACT_61 = re.compile(r"6\.1\.0-(\d+)")
-_EXACT_612 = re.compile(r"6\.12\.(\d+)")
+_EXACT_61 = re.compile(r"6\.1\.0-([0-9]+)")
+_EXACT_612 = re.compile(r"6\.12\.([0-9]+)")
 
 
 def kernel_spec(key: str) -> KernelSpec:

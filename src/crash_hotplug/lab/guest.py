@@ -131,7 +131,7 @@ class SerialConsole:
         tag = f"{self._seq}x{int(time.monotonic() * 1000) % 100000}"
         start = self.position
         self.send(f'echo @@B{tag}; {{ {command}\n}} 2>&1; echo "@@E{tag} $?"')
-        m = self.wait_for(rf"^@@E{tag} (?P<rc>\d+)\r?$", timeout, start)
+        m = self.wait_for(rf"^@@E{tag} (?P<rc>[0-9]+)\r?$", timeout, start)
         body = self._buf_slice(start, self._cursor)
         begin_mark = f"@@B{tag}\n"
         out = body[body.index(begin_mark) + len(begin_mark) : body.rindex(f"@@E{tag} ")]

@@ -53,7 +53,7 @@ def bzimage_version(path: Path) -> str:
 
 def release_major_minor(release: str) -> tuple[int, int] | None:
     """``(major, minor)`` of a release such as ``6.1.0-50-amd64`` or ``7.3.4+deb13-amd64``."""
-    m = re.match(r"(\d+)\.(\d+)", release)
+    m = re.match(r"([0-9]+)\.([0-9]+)", release)
     return (int(m[1]), int(m[2])) if m else None
 
 

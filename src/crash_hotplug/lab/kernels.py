@@ -48,8 +48,8 @@ __all__ = [
 ]
 
 FLAVOURS = ("amd64", "cloud-amd64", "rt-amd64")
-_RELEASE_RE = re.compile(r"(\d+\.\d+\.\d+[\w.+~-]*?)-((?:cloud-|rt-)?amd64)")
-_UPSTREAM_RE = re.compile(r"(\d+)\.(\d+)(?:\.(\d+))?")
+_RELEASE_RE = re.compile(r"([0-9]+\.[0-9]+\.[0-9]+[\w.+~-]*?)-((?:cloud-|rt-)?amd64)")
+_UPSTREAM_RE = re.compile(r"([0-9]+)\.([0-9]+)(?:\.([0-9]+))?")
 # A config at most this big is fetched for ``lab kernels`` without asking (linux-base, linux-config).
 SMALL_PACKAGE = 8 << 20
 
@@ -62,7 +62,7 @@ def is_release(key: str) -> bool:
 def _upstream(release: str) -> tuple[int, int, int]:
     """Upstream version of a release; ``6.1.0-50-amd64`` is 6.1.0 (its ABI name), with the ABI
     number as the third field so that newer ABIs sort higher."""
-    if m := re.match(r"(\d+)\.(\d+)\.0-(\d+)-", release):
+    if m := re.match(r"([0-9]+)\.([0-9]+)\.0-([0-9]+)-", release):
         return int(m[1]), int(m[2]), int(m[3])
     m = _UPSTREAM_RE.match(release)
     if not m:
@@ -181,7 +181,7 @@ def pick_release(kernels: Sequence[ArchiveKernel], key: str) -> ArchiveKernel:
 
 def check_key(key: str) -> None:
     """``KernelFetchError`` unless ``key`` has the form of a kernel key (before any download)."""
-    if key in KERNEL_KEYS or is_release(key) or re.fullmatch(r"6\.1\.0-\d+|\d+\.\d+(?:\.\d+)?", key):
+    if key in KERNEL_KEYS or is_release(key) or re.fullmatch(r"6\.1\.0-[0-9]+|[0-9]+\.[0-9]+(?:\.[0-9]+)?", key):
         return
     known = ", ".join([*KERNEL_KEYS, "6.1.0-N", "X.Y", "X.Y.Z", "a release such as 7.3.4+deb13-amd64"])
     raise KernelFetchError(f"unknown kernel key {key!r}; known keys: {known}")
@@ -245,7 +245,7 @@ def _config_from_linux_config(archive: AptArchive, kernel: ArchiveKernel, dest: 
     if kernel.base is not None:
         return None
     m = _RELEASE_RE.fullmatch(kernel.release)
-    mm = re.match(r"(\d+\.\d+)", kernel.release)
+    mm = re.match(r"([0-9]+\.[0-9]+)", kernel.release)
     if m is None or mm is None:
         return None
     pkg = f"linux-config-{mm[1]}"
@@ -270,7 +270,7 @@ def _config_from_linux_config(archive: AptArchive, kernel: ArchiveKernel, dest: 
 
 def _deb_size(archive: AptArchive, package: str, suite: str) -> int | None:
     text = archive.show(package, suite)
-    m = re.search(r"^Size: (\d+)$", text, re.M)
+    m = re.search(r"^Size: ([0-9]+)$", text, re.M)
     return int(m[1]) if m else None
 
 
@@ -341,7 +341,7 @@ class KernelRequest:
             return replace(kp, key=kp.release, origin="deb")
         assert self.key is not None
         key = self.key
-        if key in KERNEL_KEYS or re.fullmatch(r"6\.1\.0-\d+|6\.12\.\d+", key):
+        if key in KERNEL_KEYS or re.fullmatch(r"6\.1\.0-[0-9]+|6\.12\.[0-9]+", key):
             return archive.fetch_kernel(key)
         pinned = _kernel_dir(archive, f"key-{key}.json")
         if pinned.exists() and archive.lists_fresh():

@@ -22,8 +22,8 @@ from typing import Any
 __all__ = ["HYPERVISOR_DETECT", "QUIRKS", "MachineQuirk", "QuirkVerdicts", "hotplug_cpus", "needs_quirk"]
 
 # arch/x86/kernel/cpu/topology.c (6.9+) and, before it, arch/x86/kernel/smpboot.c.
-_ALLOWING_RE = re.compile(r"Allowing (\d+) present CPUs plus (\d+) hotplug CPUs")
-_ALLOWING_OLD_RE = re.compile(r"smpboot: Allowing (\d+) CPUs, (\d+) hotplug CPUs")
+_ALLOWING_RE = re.compile(r"Allowing ([0-9]+) present CPUs plus ([0-9]+) hotplug CPUs")
+_ALLOWING_OLD_RE = re.compile(r"smpboot: Allowing ([0-9]+) CPUs, ([0-9]+) hotplug CPUs")
 
 
 @dataclass(frozen=True)

@@ -69,7 +69,7 @@ KVM_PROBE_TIMEOUT = 60.0
 KEXEC_ARGS = "/kdump/vmlinuz --initrd=/kdump/capture.cpio.gz --append=" + shlex.quote(CAPTURE_CMDLINE)
 KEXEC_LOAD = f"kexec -s -p -d {KEXEC_ARGS}"
 KEXEC_LOAD_NOFILE = f"kexec -p -d {KEXEC_ARGS}"
-PANIC_RE = re.compile(r"CPU: (\d+) (?:UID: \d+ )?PID: (\d+) Comm: (\S+)")
+PANIC_RE = re.compile(r"CPU: ([0-9]+) (?:UID: [0-9]+ )?PID: ([0-9]+) Comm: (\S+)")
 
 
 def _size_label(mib: int) -> str:
@@ -404,7 +404,7 @@ class Runner:
         return {}
 
     def _kernel_at_least(self, major: int, minor: int) -> bool:
-        m = re.search(r"Linux version (\d+)\.(\d+)", str(self.scenario.get("kernel_version", "")))
+        m = re.search(r"Linux version ([0-9]+)\.([0-9]+)", str(self.scenario.get("kernel_version", "")))
         return m is not None and (int(m[1]), int(m[2])) >= (major, minor)
 
     def wait_guest(self, vm: VM, cond: str, timeout: float) -> bool:
@@ -675,7 +675,7 @@ class Runner:
                    f"labtool out {DUMP_PORT:#x} < /tmp/{name} && rm -f /tmp/{name}")
         rc, out = con.run(cmd, timeout=DUMP_TIMEOUT, check=False)
         _rc, err = con.run("cat /tmp/md.err", check=False)
-        counted = re.findall(r"^(\d+) 0\s*$", out, re.MULTILINE)
+        counted = re.findall(r"^([0-9]+) 0\s*$", out, re.MULTILINE)
         if rc != 0 or not counted:
             raise ScenarioError(f"capture: makedumpfile {options} failed ({rc}): {(out + err).strip()[-600:]}")
         size = int(counted[-1])
@@ -807,12 +807,12 @@ def _note_owners(root: Path, notes: list[Elf64_Phdr]) -> list[str]:
 def _kexec_tools_elfcorehdr(kexec_debug: str) -> tuple[int, int]:
     """Where kexec-tools (``kexec_load``) put the elfcorehdr: the ``elfcorehdr=`` it appended and
     the size of the segment loaded there (``kexec -d`` output)."""
-    m = re.search(r"elfcorehdr=(\d+)K", kexec_debug)
+    m = re.search(r"elfcorehdr=([0-9]+)K", kexec_debug)
     if not m:
         raise ScenarioError("kexec -d printed no elfcorehdr= argument")
     addr = int(m[1]) * 1024
-    mems = dict(re.findall(r"segment\[(\d+)\]\.mem\s*=\s*(0x[0-9a-f]+)", kexec_debug))
-    sizes = dict(re.findall(r"segment\[(\d+)\]\.memsz\s*=\s*(0x[0-9a-f]+)", kexec_debug))
+    mems = dict(re.findall(r"segment\[([0-9]+)\]\.mem\s*=\s*(0x[0-9a-f]+)", kexec_debug))
+    sizes = dict(re.findall(r"segment\[([0-9]+)\]\.memsz\s*=\s*(0x[0-9a-f]+)", kexec_debug))
     for idx, mem in mems.items():
         if int(mem, 16) == addr and idx in sizes:
             return addr, int(sizes[idx], 16)

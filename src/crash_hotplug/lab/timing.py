@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 __all__ = ["hotplug_update_pairs", "run_storm", "stats"]
 
-_STAMP = re.compile(r"^\[\s*(\d+\.\d+)\] (.*)$")
+_STAMP = re.compile(r"^\[\s*([0-9]+\.[0-9]+)\] (.*)$")
 
 METHODS = {
     "in_kernel_update_s": (
@@ -79,7 +79,7 @@ def hotplug_update_pairs(dmesg: str) -> list[tuple[int, float]]:
         if not m:
             continue
         t, msg = float(m[1]), m[2]
-        if a := re.match(r"crash hp: hp_action (\d+)", msg):
+        if a := re.match(r"crash hp: hp_action ([0-9]+)", msg):
             pending = (int(a[1]), t)
         elif msg.startswith("crash hp: updated elfcorehdr") and pending is not None:
             pairs.append((pending[0], round(t - pending[1], 6)))
@@ -147,7 +147,7 @@ def _reload_runs(vm: VM, n: int, load_cmd: str, wait_blocks: list[int] | None = 
     )
     _rc, out = vm.console.run(script, timeout=120 + 60 * n)
     runs = []
-    for m in re.finditer(r"^@@T (\d+) (\d+) (\d+) (\d+)$", out, re.M):
+    for m in re.finditer(r"^@@T ([0-9]+) ([0-9]+) ([0-9]+) ([0-9]+)$", out, re.M):
         a, b, c, r = (int(x) for x in m.groups())
         runs.append({"unload_ns": b - a, "load_ns": c - b, "rc": r})
     if len(runs) != n or any(r["rc"] for r in runs):

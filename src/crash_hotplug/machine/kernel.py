@@ -33,7 +33,7 @@ class KernelVersion:
 
     @classmethod
     def parse(cls, release: str) -> Self:
-        m = re.match(r"\s*(\d+)\.(\d+)(?:\.(\d+))?", release)
+        m = re.match(r"\s*([0-9]+)\.([0-9]+)(?:\.([0-9]+))?", release)
         if not m:
             raise ValueError(f"not a kernel release: {release.strip()!r}")
         return cls(int(m.group(1)), int(m.group(2)), int(m.group(3) or 0))

@@ -80,7 +80,7 @@ class KexecStatus(Protocol):
 
 def _size(text: str) -> int:
     """``memparse``: a number with an optional K/M/G/T suffix."""
-    m = re.fullmatch(r"(0x[0-9a-fA-F]+|\d+)([KMGTkmgt]?)", text.strip())
+    m = re.fullmatch(r"(0x[0-9a-fA-F]+|[0-9]+)([KMGTkmgt]?)", text.strip())
     if not m:
         raise MachineError(f"not a size: {text!r}")
     shift = {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}[m.group(2).lower()]
@@ -268,7 +268,7 @@ class Machine:
         bss_end = max(e for n, _, e in prof.image if n == "Kernel bss") + 1
         self.kdata = KernelData(self.mem, self.vmcoreinfo_items, phys_base, self.page_offset,
                                 (bss_end, self.text_paddr + self.text_size), mem_section)
-        version = re.search(r"#\d+ .*$", self.banner)
+        version = re.search(r"#[0-9]+ .*$", self.banner)
         dimms = [(d.start, d.end) for d in self.memory.dimms.values()]
         online = [self.memory.block_range(i) for i in self.memory.online_blocks]
         reserved = [(self.text_paddr, self.text_paddr + self.text_size - 1),
@@ -620,7 +620,7 @@ def _find_dimms(memory: MemoryHotplug, recorded: list[dict[str, int | str]] | No
 
 def _last_stamp_us(lines: list[str]) -> int:
     for line in reversed(lines):
-        m = re.match(r"\[\s*(\d+)\.(\d{6})\]", line)
+        m = re.match(r"\[\s*([0-9]+)\.([0-9]{6})\]", line)
         if m:
             return int(m.group(1)) * 1_000_000 + int(m.group(2))
     return 0

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 __all__ = ["PcpuAllocInfo", "parse_pcpu_alloc", "place_per_cpu"]
 
-_SUMMARY = re.compile(r"pcpu-alloc: s(\d+) r(\d+) d(\d+) u(\d+) alloc=(\d+)\*(\d+)")
-_BODY = re.compile(r"pcpu-alloc: (\[\d+\].*)$")
-_PAGE_FC = re.compile(r"percpu: \d+ \d+K pages/cpu|PERCPU: \d+ \d+K pages/cpu", re.IGNORECASE)
+_SUMMARY = re.compile(r"pcpu-alloc: s([0-9]+) r([0-9]+) d([0-9]+) u([0-9]+) alloc=([0-9]+)\*([0-9]+)")
+_BODY = re.compile(r"pcpu-alloc: (\[[0-9]+\].*)$")
+_PAGE_FC = re.compile(r"percpu: [0-9]+ [0-9]+K pages/cpu|PERCPU: [0-9]+ [0-9]+K pages/cpu", re.IGNORECASE)
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ def parse_pcpu_alloc(dmesg: str) -> PcpuAllocInfo | None:
     units: list[tuple[int, int | None]] = []
     group = -1
     for token in " ".join(body).split():
-        g = re.fullmatch(r"\[(\d+)\]", token)
+        g = re.fullmatch(r"\[([0-9]+)\]", token)
         if g:
             group = int(g.group(1))
             continue

@@ -92,7 +92,7 @@ MAX_LOG = 256 << 20
 
 def parse_size(text: str, what: str = "size") -> int:
     """``32G``, ``512G``, ``128M``, ``2048M``, plain bytes; at most the physical address space."""
-    m = re.fullmatch(r"\s*(\d{1,20}(?:\.\d{1,9})?)\s*([KMGTP]?)(?:i?B)?\s*", text, re.I)
+    m = re.fullmatch(r"\s*([0-9]{1,20}(?:\.[0-9]{1,9})?)\s*([KMGTP]?)(?:i?B)?\s*", text, re.I)
     if not m:
         raise PlanError(f"{what}: not a size: {text!r} (e.g. 32G, 128M)")
     shift = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40, "P": 50}[m.group(2).upper()]
@@ -112,8 +112,8 @@ def check_block_size(block: int) -> None:
 
 def _check_ops(n: int) -> None:
     if n > MAX_OPS:
-        raise PlanError(f"the storm has {n} hotplug operations; at most {MAX_OPS} are simulated "
-                        "(use larger DIMMs or blocks)")
+        raise PlanError(f"--from, --to, --dimm, --block: the storm has {n} hotplug operations; at most {MAX_OPS} "
+                        "are simulated (use larger DIMMs or blocks)")
 
 
 def with_reloads(plan: Plan, times: tuple[float, ...] | list[float]) -> Plan:
@@ -142,14 +142,16 @@ def resize_plan(size_from: int, size_to: int, *, dimm: int = 2 * GIB, block: int
     check_block_size(block)
     if dimm <= 0 or dimm % block or size_from % block or size_to % block:
         raise PlanError("--from, --to and --dimm must be multiples of the memory block size (--block)")
-    if size_from <= 0:
-        raise PlanError("--from: the guest needs some memory to boot with")
+    for what, v in (("--from", size_from), ("--to", size_to)):
+        if v < 256 * MIB:
+            raise PlanError(f"{what}: {v / MIB:g} MiB is less than the 256 MiB the model machine boots with")
     for what, v in (("--from", size_from), ("--to", size_to)):
         if v > 1 << PHYS_ADDR_BITS:
             raise PlanError(f"{what}: beyond the {PHYS_ADDR_BITS}-bit physical address space")
     delta = abs(size_to - size_from)
     if delta % dimm:
-        raise PlanError(f"the change of {delta / GIB:g} GiB is not a whole number of {dimm / GIB:g} GiB DIMMs")
+        raise PlanError(f"--from, --to, --dimm: the change of {delta / GIB:g} GiB is not a whole number of "
+                        f"{dimm / GIB:g} GiB DIMMs")
     n = delta // dimm
     per_dimm = dimm // block
     _check_ops(n * (per_dimm + 1))
@@ -231,7 +233,7 @@ def mixed_plan(*, costs: CostModel | None = None, kernel: str = "6.12.43") -> Pl
 
 
 _ACTIONS = {"add", "remove", "online", "offline", "change", "move", "bind", "unbind"}
-_DEVICE = re.compile(r"(memory|cpu)(\d{1,9})")
+_DEVICE = re.compile(r"(memory|cpu)([0-9]{1,9})")
 
 
 def _replay_event(path: Path, n: int, line: str) -> dict[str, Any] | None:
@@ -335,7 +337,7 @@ def replay_plan(path: Path, *, boot: int = 32 * GIB, cpus: int = 4, possible: in
                 maxmem_gib=-(-top // GIB) + 2, slots=max(8, dimms + 1))
 
 
-_MONITOR = re.compile(r"^KERNEL\[(\d{1,12}\.\d{1,9})\]\s+(\w+)\s+(\S+)\s+\((\w+)\)")
+_MONITOR = re.compile(r"^KERNEL\[([0-9]{1,12}\.[0-9]{1,9})\]\s+(\w+)\s+(\S+)\s+\((\w+)\)")
 
 
 def convert_udevadm_monitor(lines: str | Iterable[tuple[int, str]]) -> list[dict[str, Any]]:
