@@ -204,3 +204,23 @@ def test_non_root_snapshot(snap: Path, tmp_path: Path) -> None:
 def test_not_a_directory(tmp_path: Path) -> None:
     res = run("status", "--root", str(tmp_path / "nope"))
     assert res.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["audit", "/"], "'VMCORE...'"),
+        (["simulate", "resize", "--panics", "-1"], "'--panics'"),
+        (["simulate", "resize", "--from", "１G"], "--from"),
+        (["elfcorehdr", "show"], "'FILE'"),
+    ],
+)
+def test_usage_errors_are_one_line_naming_the_parameter(args: list[str], names: str) -> None:
+    """The console entry point: click's three-line usage errors become one line, exit 2."""
+    r = subprocess.run([sys.executable, "-m", "crash_hotplug", *args], capture_output=True, text=True,
+                       timeout=120, check=False, stdin=subprocess.DEVNULL)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("crash-hotplug: error: ") and names in lines[0]
+    assert r.stdout == ""

@@ -6,12 +6,13 @@ snapshot, or an extracted sosreport. Bad input ends with one line on stderr and 
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
 
 from crash_hotplug.cli.audit import audit
-from crash_hotplug.cli.common import PAGE_SIZE, example_root, fails_cleanly
+from crash_hotplug.cli.common import PAGE_SIZE, err, example_root, fails_cleanly
 from crash_hotplug.cli.elfcorehdr import elfcorehdr, print_summary
 from crash_hotplug.cli.host import snapshot, status
 from crash_hotplug.cli.lab import lab
@@ -56,4 +57,17 @@ cli.add_command(lab)
 
 
 def main() -> None:
-    cli(prog_name="crash-hotplug")
+    """The console entry point. A usage error (a bad option, a path of the wrong kind) is one line on
+    stderr naming the parameter, and exit status 2, like every other unusable input."""
+    try:
+        rv = cli.main(prog_name="crash-hotplug", standalone_mode=False)
+    except click.exceptions.NoArgsIsHelpError as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        err.print(f"crash-hotplug: error: {e.format_message()}", markup=False, soft_wrap=True)
+        sys.exit(2 if isinstance(e, click.UsageError) else e.exit_code)
+    except click.Abort:
+        err.print("crash-hotplug: aborted", markup=False)
+        sys.exit(1)
+    sys.exit(rv if isinstance(rv, int) else 0)
