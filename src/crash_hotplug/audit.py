@@ -40,7 +40,7 @@ from crash_hotplug.machine.physmem import MODEL_STATE_FILE, page_pattern
 from crash_hotplug.machine.resource import CRASH_KERNEL, walk_system_ram_res
 from crash_hotplug.makedumpfile.kdump import dump_level_text
 from crash_hotplug.snapshot.devicetree import is_ppc64_root, read_device_tree
-from crash_hotplug.snapshot.reader import CPU_DIR, MEM_DIR, read_cpulist, read_iomem
+from crash_hotplug.snapshot.reader import CPU_DIR, MEM_DIR, check_crash_notes, read_cpulist, read_iomem
 from crash_hotplug.snapshot.root import FsRoot
 
 __all__ = [
@@ -244,6 +244,11 @@ def read_machine_at_panic(root_dir: Path) -> MachineAtPanic:
         for cpu in present
         if root.exists(f"{CPU_DIR}/cpu{cpu}/crash_notes")
     }
+    size_file = f"{CPU_DIR}/cpu{min(notes)}/crash_notes_size" if notes else None
+    if size_file is not None and root.exists(size_file) and any(notes.values()):
+        # the same rule the header builder's reader applies: where the per-CPU allocator can put them
+        check_crash_notes(notes, root.read_int(size_file), list(system_ram),
+                          lambda cpu: root.display(f"{CPU_DIR}/cpu{cpu}/crash_notes"), list(crash))
     return MachineAtPanic(
         root=root.path,
         online=online,

@@ -3,6 +3,7 @@ one line naming the file, within a timeout, without reading what it was given.""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -103,3 +104,35 @@ def test_snapshot_of_a_root_with_a_fifo_does_not_hang(tmp_path: Path) -> None:
     o = cli("snapshot", "-o", tmp_path / "snap", "--root", root)
     assert o.code in (1, 2) and "Traceback" not in o.stderr, o
     assert "proc/iomem" in o.stdout + o.stderr
+
+
+def test_audit_of_a_root_with_66000_extra_ram_ranges_stays_readable(tmp_path: Path) -> None:
+    """The issue's case: 66,000 extra System RAM lines in iomem. The audit lists the first ranges and
+    findings and counts the rest (all of them in --json), instead of rendering 66,000 table rows."""
+    assert VECTORS is not None
+    root = copy_root(tmp_path, "6.12.43/base/S5")
+    for p in root.rglob("*"):
+        p.chmod(p.stat().st_mode | 0o200)
+    iomem = root / "proc/iomem"
+    base = 0x100000000000
+    extra = "".join(f"{base + i * 0x200000:x}-{base + i * 0x200000 + 0xfffff:x} : System RAM\n" for i in range(66000))
+    iomem.write_text(iomem.read_text() + extra)
+    vmcore = VECTORS / "6.12.43/base/vmcore-headers.bin"
+    o = cli("audit", vmcore, "--root", root)
+    assert o.code == 1, o.stderr
+    assert len(o.stdout.splitlines()) < 400
+    assert "more findings not listed" in o.stdout
+    j = cli("audit", vmcore, "--root", root, "--json")
+    missing = [f for f in json.loads(j.stdout)["findings"] if f["kind"] == "memory-missing"]
+    assert len(missing) >= 66000
+
+
+def test_audit_root_refuses_crash_notes_no_kernel_can_place(tmp_path: Path) -> None:
+    """audit --root reads crash_notes under the same rule as the header builder: 0x1 is refused."""
+    assert VECTORS is not None
+    root = copy_root(tmp_path, "6.12.43/base/S5")
+    notes = root / "sys/devices/system/cpu/cpu1/crash_notes"
+    notes.chmod(0o644)
+    notes.write_text("1\n")
+    o = cli("audit", VECTORS / "6.12.43/base/vmcore-headers.bin", "--root", root)
+    assert_one_line_error(o, "cpu1/crash_notes")

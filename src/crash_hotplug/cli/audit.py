@@ -21,6 +21,10 @@ from crash_hotplug.errors import CrashHotplugError
 __all__ = ["audit", "render_report"]
 
 
+#: rows of the memory table and lines of findings shown; the rest are counted (``--json`` lists all)
+MAX_LISTED = 100
+
+
 def _range(s: int, e: int) -> str:
     return f"{s:#x}-{e:#x}"
 
@@ -51,9 +55,12 @@ def render_report(report: AuditReport, console: Console) -> None:
     rows += [(r, "[red]extra: not System RAM at the panic[/red]") for r in mem.extra]
     rows += [(r, "dumped, blocks offline (note)") for r in mem.offline_dumped or []]
     rows += [(r, "in the memory map, filtered by the dump level (note)") for r in mem.filtered]
-    for r, status in sorted(rows):
+    rows.sort()
+    for r, status in rows[:MAX_LISTED]:
         t.add_row(_range(*r), status)
     console.print(t)
+    if len(rows) > MAX_LISTED:
+        console.print(f"({len(rows) - MAX_LISTED} more memory ranges not listed; --json lists them all)")
     if mem.filtered_ranges > len(mem.filtered):
         console.print(f"({mem.filtered_ranges - len(mem.filtered)} more filtered ranges not listed)")
     if mem.kernel_text:
@@ -66,8 +73,11 @@ def render_report(report: AuditReport, console: Console) -> None:
         console.print("[green]complete[/green]: every online CPU has register state and all System RAM is dumped")
     else:
         console.print(f"[red]{len(report.findings)} gap(s)[/red]:")
-        for f in report.findings:
+        for f in report.findings[:MAX_LISTED]:
             console.print(f"  {f.kind}: {f.message}", markup=False, soft_wrap=True)
+        if len(report.findings) > MAX_LISTED:
+            console.print(f"  ({len(report.findings) - MAX_LISTED} more findings not listed; --json lists them all)",
+                          markup=False, soft_wrap=True)
 
 
 @click.command("audit")
