@@ -10,13 +10,14 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Protocol
 
 from crash_hotplug.machine.kernel import KernelConfig
+from crash_hotplug.machine.physmem import PAGE_SIZE
 
 if TYPE_CHECKING:
     from crash_hotplug.crash.hotplug import CrashHotplug
     from crash_hotplug.kexec.kimage import Kimage
     from crash_hotplug.machine.memory import MemoryNotify
 
-__all__ = ["ArchCrashHotplug", "Outcome"]
+__all__ = ["ArchCrashHotplug", "Outcome", "write_elfcorehdr"]
 
 
 class Outcome(StrEnum):
@@ -54,3 +55,27 @@ class ArchCrashHotplug(Protocol):
     def arch_crash_handle_hotplug_event(self, hp: CrashHotplug, image: Kimage, arg: MemoryNotify | None) -> Outcome:
         """Update the image for ``image.hp_action``; the kexec lock is held and the crash region writable."""
         ...
+
+
+def write_elfcorehdr(hp: CrashHotplug, image: Kimage, elfbuf: bytes, too_big: str) -> Outcome:
+    """Put a rebuilt header in the image's elfcorehdr segment, as both arch handlers do
+    (``arch/x86/kernel/crash.c`` and ``arch/powerpc/kexec/crash.c``, ``arch_crash_handle_hotplug_event``):
+    refuse a header larger than the segment (``too_big`` is the arch's printk, given the size and memsz),
+    else hide the crash image, copy the header page by page and restore the image."""
+    machine = hp.kexec.machine
+    hp.spend("elfcorehdr_build_phdr", (len(elfbuf) - 64) // 56)
+    seg = image.segments[image.elfcorehdr_index]
+    if len(elfbuf) > seg.memsz:
+        machine.printk(too_big.format(elfsz=len(elfbuf), memsz=seg.memsz))
+        return Outcome.TOO_BIG
+    kexec = hp.kexec
+    # the crash image is invalid while its elfcorehdr is being rewritten
+    hp.step("hide crash image")
+    kexec.kexec_crash_image = None
+    for off in range(0, len(elfbuf), PAGE_SIZE):
+        hp.step(f"copy elfcorehdr page {off // PAGE_SIZE}")
+        machine.mem.write(seg.mem + off, elfbuf[off : off + PAGE_SIZE])
+    hp.spend("elfcorehdr_copy_page", -(-len(elfbuf) // PAGE_SIZE), window="hidden")
+    hp.step("restore crash image")
+    kexec.kexec_crash_image = image
+    return Outcome.UPDATED

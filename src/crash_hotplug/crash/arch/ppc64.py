@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from crash_hotplug.crash.arch import Outcome
+from crash_hotplug.crash.arch import Outcome, write_elfcorehdr
 from crash_hotplug.crash.core import CrashMemError
 from crash_hotplug.crash.ppc64 import (
     arch_crash_get_elfcorehdr_size,
@@ -107,21 +107,7 @@ class Ppc64:
         except CrashMemError:
             machine.printk("crash hp: Failed to prepare elf header")
             return Outcome.BUILD_FAILED
-        hp.spend("elfcorehdr_build_phdr", (len(elfbuf) - 64) // 56)
-        seg = image.segments[image.elfcorehdr_index]
-        if len(elfbuf) > seg.memsz:
-            machine.printk(f"crash hp: Updated crash elfcorehdr elfsz {len(elfbuf)} > memsz {seg.memsz}")
-            return Outcome.TOO_BIG
-        kexec = hp.kexec
-        hp.step("hide crash image")
-        kexec.kexec_crash_image = None
-        for off in range(0, len(elfbuf), PAGE_SIZE):
-            hp.step(f"copy elfcorehdr page {off // PAGE_SIZE}")
-            machine.mem.write(seg.mem + off, elfbuf[off : off + PAGE_SIZE])
-        hp.spend("elfcorehdr_copy_page", -(-len(elfbuf) // PAGE_SIZE), window="hidden")
-        hp.step("restore crash image")
-        kexec.kexec_crash_image = image
-        return Outcome.UPDATED
+        return write_elfcorehdr(hp, image, elfbuf, "crash hp: Updated crash elfcorehdr elfsz {elfsz} > memsz {memsz}")
 
     def update_crash_fdt(self, hp: CrashHotplug, image: Kimage) -> Outcome:
         """``update_crash_fdt``: rewrite ``/cpus`` of the FDT segment in place, image hidden meanwhile."""

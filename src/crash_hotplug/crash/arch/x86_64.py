@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from crash_hotplug.crash.arch import Outcome
+from crash_hotplug.crash.arch import Outcome, write_elfcorehdr
 from crash_hotplug.crash.core import CrashMemError
 from crash_hotplug.crash.x86_64 import arch_crash_get_elfcorehdr_size, prepare_elf_headers
 from crash_hotplug.kexec.kexec_file import kexec_purgatory_repatch
@@ -26,7 +26,6 @@ from crash_hotplug.kexec.kimage import (
 )
 from crash_hotplug.machine.kernel import KernelConfig
 from crash_hotplug.machine.memory import MemoryNotify
-from crash_hotplug.machine.physmem import PAGE_SIZE
 
 if TYPE_CHECKING:
     from crash_hotplug.crash.hotplug import CrashHotplug
@@ -60,24 +59,12 @@ class X86_64:
         except CrashMemError:
             machine.printk("crash hp: unable to create new elfcorehdr")
             return Outcome.BUILD_FAILED
-        hp.spend("elfcorehdr_build_phdr", (len(elfbuf) - 64) // 56)
-        seg = image.segments[image.elfcorehdr_index]
-        if len(elfbuf) > seg.memsz:
-            machine.printk(f"crash hp: update elfcorehdr elfsz {len(elfbuf)} > memsz {seg.memsz}")
-            return Outcome.TOO_BIG
-        kexec = hp.kexec
-        # Temporarily invalidate the crash image while the elfcorehdr is updated.
-        hp.step("hide crash image")
-        kexec.kexec_crash_image = None
-        for off in range(0, len(elfbuf), PAGE_SIZE):
-            hp.step(f"copy elfcorehdr page {off // PAGE_SIZE}")
-            machine.mem.write(seg.mem + off, elfbuf[off : off + PAGE_SIZE])
-        hp.spend("elfcorehdr_copy_page", -(-len(elfbuf) // PAGE_SIZE), window="hidden")
-        hp.step("restore crash image")
-        kexec.kexec_crash_image = image
+        outcome = write_elfcorehdr(hp, image, elfbuf, "crash hp: update elfcorehdr elfsz {elfsz} > memsz {memsz}")
+        if outcome is not Outcome.UPDATED:
+            return outcome
         if hp.design.elfcorehdr_in_digest:
             hp.step("patch purgatory digest")
-            kexec_purgatory_repatch(kexec, image)
+            kexec_purgatory_repatch(hp.kexec, image)
             hp.spend("purgatory_redigest_byte", sum(s.memsz for s in image.segments))
         machine.printk("crash hp: updated elfcorehdr")
         return Outcome.UPDATED
