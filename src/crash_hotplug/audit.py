@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from crash_hotplug.crash.core import CrashMem, crash_exclude_mem_range
-from crash_hotplug.crash.vmcore import PrstatusNote, VmcoreFile, read_vmcore_files
+from crash_hotplug.crash.vmcore import PrstatusNote, VmcoreFile, merge_ranges, read_vmcore_files, subtract_ranges
 from crash_hotplug.crash.x86_64 import SZ_1M
 from crash_hotplug.elf.constants import NT_PRSTATUS
 from crash_hotplug.elf.core import pt_load_problems
@@ -68,36 +68,8 @@ DEFAULT_SAMPLES: Final = 64
 # Ranges
 
 
-def _merge(ranges: list[Range]) -> list[Range]:
-    out: list[Range] = []
-    for s, e in sorted(ranges):
-        if out and s <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], e))
-        else:
-            out.append((s, e))
-    return out
-
-
-def _subtract(a: list[Range], b: list[Range]) -> list[Range]:
-    """The parts of ``a`` not covered by ``b`` (both merged)."""
-    out: list[Range] = []
-    for s, e in a:
-        cur = s
-        for bs, be in b:
-            if be < cur or bs > e:
-                continue
-            if bs > cur:
-                out.append((cur, bs - 1))
-            cur = max(cur, be + 1)
-            if cur > e:
-                break
-        if cur <= e:
-            out.append((cur, e))
-    return out
-
-
 def _intersect(a: list[Range], b: list[Range]) -> list[Range]:
-    return _merge([(max(s, bs), min(e, be)) for s, e in a for bs, be in b if max(s, bs) <= min(e, be)])
+    return merge_ranges([(max(s, bs), min(e, be)) for s, e in a for bs, be in b if max(s, bs) <= min(e, be)])
 
 
 def _hex_ranges(ranges: list[Range]) -> list[dict[str, str]]:
@@ -213,7 +185,7 @@ def _memory_blocks_offline(root: FsRoot) -> tuple[Range, ...] | None:
         if state == "offline":
             idx = root.read_int(f"{rel}/phys_index", 16)
             offline.append((idx * block, (idx + 1) * block - 1))
-    return tuple(_merge(offline))
+    return tuple(merge_ranges(offline))
 
 
 def read_machine_at_panic(root_dir: Path) -> MachineAtPanic:
@@ -255,7 +227,7 @@ def read_machine_at_panic(root_dir: Path) -> MachineAtPanic:
         present=present,
         system_ram=tuple(system_ram),
         crash_kernel=tuple(crash),
-        expected_ram=tuple(_merge(cmem.ranges)),
+        expected_ram=tuple(merge_ranges(cmem.ranges)),
         offline_memory=_memory_blocks_offline(root),
         crash_notes=notes,
         model=read_model_state(root),
@@ -543,7 +515,7 @@ def _size(n: int) -> str:
 
 def _to_pages(ranges: list[Range], ps: int) -> list[Range]:
     """Ranges rounded out to whole pages (how a page bitmap sees them)."""
-    return _merge([(s // ps * ps, (e // ps + 1) * ps - 1) for s, e in ranges])
+    return merge_ranges([(s // ps * ps, (e // ps + 1) * ps - 1) for s, e in ranges])
 
 
 def _check_memory(vf: VmcoreFile, m: MachineAtPanic, findings: list[Finding], notes: list[str]) -> MemoryCheck:
@@ -555,8 +527,8 @@ def _check_memory(vf: VmcoreFile, m: MachineAtPanic, findings: list[Finding], no
     else:
         want = expected
     # offline blocks hold nothing worth dumping: not dumping them is no gap (dumping them is a note)
-    missing = _subtract(_subtract(want, offline_blocks), dumped)
-    extra = _subtract(dumped, want)
+    missing = subtract_ranges(subtract_ranges(want, offline_blocks), dumped)
+    extra = subtract_ranges(dumped, want)
     for s, e in missing:
         findings.append(
             Finding("memory-missing", f"System RAM {s:#x}-{e:#x} ({_size(e - s + 1)}) is not in the vmcore")
@@ -593,7 +565,7 @@ def _check_memory(vf: VmcoreFile, m: MachineAtPanic, findings: list[Finding], no
     kt = None if text is None else (text.vaddr, text.paddr, text.size)
     if vf.core is not None and text is None and m.arch != "ppc64le":
         notes.append("the vmcore has no kernel-text PT_LOAD (tools that want the _text mapping will miss it)")
-    elif text is not None and _subtract([(text.paddr, text.end)], dumped):
+    elif text is not None and subtract_ranges([(text.paddr, text.end)], dumped):
         notes.append(f"kernel text {text.paddr:#x}-{text.end:#x} is not inside the dumped RAM")
     return MemoryCheck(dumped, expected, missing, extra, offline, kt, shown, filtered_bytes, filtered_ranges, level)
 
@@ -641,7 +613,7 @@ def _check_bytes(
     if why or m.model is None:
         return ByteCheck(False, "skipped: " + "; ".join(why))
     ps = vf.page_size
-    allowed = _subtract(mem.expected, _merge(list(m.model.written_ranges)))
+    allowed = subtract_ranges(mem.expected, merge_ranges(list(m.model.written_ranges)))
     total = sum(b - a + 1 for a, b in _pool_pages(vf.iter_dumped_ranges(), allowed, ps))
     if total == 0:
         return ByteCheck(False, "skipped: no unwritten dumped page to sample")

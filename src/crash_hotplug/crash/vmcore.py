@@ -60,6 +60,7 @@ __all__ = [
     "VmcoreNotInitialized",
     "VmcoreRange",
     "merge_note_headers_elf64",
+    "merge_ranges",
     "note_p_align",
     "parse_crash_elf64_headers",
     "parse_elfcorehdr_param",
@@ -67,6 +68,7 @@ __all__ = [
     "read_vmcore_file",
     "read_vmcore_files",
     "sniff_format",
+    "subtract_ranges",
     "update_note_header_size_elf64",
     "write_vmcore",
 ]
@@ -386,13 +388,32 @@ VMCOREINFO_KEYS: Final = ("OSRELEASE", "BUILD-ID", "PAGESIZE", "KERNELOFFSET", "
 PhysRange = tuple[int, int]
 
 
-def _merged(ranges: Iterable[PhysRange]) -> list[PhysRange]:
+def merge_ranges(ranges: Iterable[PhysRange]) -> list[PhysRange]:
+    """Inclusive ranges sorted, with overlapping and adjacent ones joined."""
     out: list[PhysRange] = []
     for s, e in sorted(ranges):
         if out and s <= out[-1][1] + 1:
             out[-1] = (out[-1][0], max(out[-1][1], e))
         else:
             out.append((s, e))
+    return out
+
+
+def subtract_ranges(a: Iterable[PhysRange], b: list[PhysRange]) -> list[PhysRange]:
+    """The parts of ``a`` not covered by ``b`` (both merged and ascending)."""
+    out: list[PhysRange] = []
+    for s, e in a:
+        cur = s
+        for bs, be in b:
+            if be < cur or bs > e:
+                continue
+            if bs > cur:
+                out.append((cur, bs - 1))
+            cur = max(cur, be + 1)
+            if cur > e:
+                break
+        if cur <= e:
+            out.append((cur, e))
     return out
 
 
@@ -516,34 +537,22 @@ class VmcoreFile:
         if self.kdump is not None:
             ps = self.page_size
             return [(s * ps, (e + 1) * ps - 1) for s, e in self.kdump.present_runs()]
-        return _merged((s.paddr, s.end) for s in self.ram_loads if s.size > 0)
+        return merge_ranges((s.paddr, s.end) for s in self.ram_loads if s.size > 0)
 
     def iter_dumped_ranges(self) -> Iterator[PhysRange]:
         """RAM whose bytes are in the file, ascending: ``p_filesz`` of each RAM PT_LOAD, or the 2nd bitmap."""
         if self.kdump is not None:
             ps = self.page_size
             return ((s * ps, (e + 1) * ps - 1) for s, e in self.kdump.dumped_runs())
-        return iter(_merged((s.paddr, s.paddr + s.filesz - 1) for s in self.ram_loads if s.filesz))
+        return iter(merge_ranges((s.paddr, s.paddr + s.filesz - 1) for s in self.ram_loads if s.filesz))
 
     def iter_filtered_ranges(self) -> Iterator[PhysRange]:
         """RAM in the memory map whose bytes the file leaves out (a dump level's filtering), ascending."""
         if self.kdump is not None:
             ps = self.page_size
             return ((s * ps, (e + 1) * ps - 1) for s, e in self.kdump.filtered_runs())
-        tails = _merged((s.paddr + s.filesz, s.end) for s in self.ram_loads if s.filesz < s.size)
-        dumped = list(self.iter_dumped_ranges())
-        out: list[PhysRange] = []
-        for s, e in tails:
-            cur = s
-            for ds, de in dumped:
-                if de < cur or ds > e:
-                    continue
-                if ds > cur:
-                    out.append((cur, ds - 1))
-                cur = max(cur, de + 1)
-            if cur <= e:
-                out.append((cur, e))
-        return iter(out)
+        tails = merge_ranges((s.paddr + s.filesz, s.end) for s in self.ram_loads if s.filesz < s.size)
+        return iter(subtract_ranges(tails, list(self.iter_dumped_ranges())))
 
     def key_vmcoreinfo(self) -> dict[str, str]:
         return {k: self.vmcoreinfo[k] for k in VMCOREINFO_KEYS if k in self.vmcoreinfo}
