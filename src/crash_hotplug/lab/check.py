@@ -54,10 +54,13 @@ class CheckReport:
     kernel: str
     steps: list[StepResult] = field(default_factory=list)
     vmcore: list[tuple[str, bool | None, str]] = field(default_factory=list)  # (check, ok, detail)
+    #: the crash kernel's FDT per step against the model (ppc64 runs; same shape as ``vmcore``)
+    fdt: list[tuple[str, bool | None, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return all(r.ok for r in self.steps) and all(ok is not False for _n, ok, _d in self.vmcore)
+        return (all(r.ok for r in self.steps) and all(ok is not False for _n, ok, _d in self.vmcore)
+                and all(ok is not False for _n, ok, _d in self.fdt))
 
 
 def rebuild_sources(steps: list[Step]) -> dict[str, Step]:
@@ -95,6 +98,11 @@ def check_run(
     ``against`` names a reference run (e.g. the vectors' run of the same kernel and scenario); each
     step's real header is then also compared with the reference's, for information only.
     """
+    if model is None and against is None:
+        from crash_hotplug.lab.check_ppc64 import check_run_ppc64, is_ppc64_run
+
+        if is_ppc64_run(run_dir):
+            return check_run_ppc64(run_dir)
     run = RunDir(run_dir)
     build, first_difference = model or _model()
     version = kernel_version  # None: the model reads proc/sys/kernel/osrelease under each root
@@ -278,6 +286,14 @@ def render(report: CheckReport, console: Console) -> None:
             row.append(r.vs_reference or "-")
         table.add_row(*row)
     console.print(table)
+    if report.fdt:
+        ft = Table(title="crash kernel FDT: real vs model")
+        for col in ("check", "result", "detail"):
+            ft.add_column(col)
+        for name, ok, detail in report.fdt:
+            mark = "[green]ok[/green]" if ok else ("[red]DIFFERS[/red]" if ok is False else "-")
+            ft.add_row(name, mark, detail)
+        console.print(ft)
     vt = Table(title="vmcore")
     for col in ("check", "result", "detail"):
         vt.add_column(col)
