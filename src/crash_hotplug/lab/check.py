@@ -267,6 +267,16 @@ def _ranges(loads: list[tuple[int, int]]) -> str:
     return ", ".join(f"{a:#x}+{n:#x}" for a, n in loads)
 
 
+def _checks_table(title: str, rows: list[tuple[str, bool | None, str]]) -> Table:
+    table = Table(title=title)
+    for col in ("check", "result", "detail"):
+        table.add_column(col)
+    for name, ok, detail in rows:
+        mark = "[green]ok[/green]" if ok else ("[red]DIFFERS[/red]" if ok is False else "-")
+        table.add_row(name, mark, detail)
+    return table
+
+
 def render(report: CheckReport, console: Console) -> None:
     """The report as rich tables: one row per step, then the vmcore checks."""
     table = Table(title=f"{report.run_dir} ({report.kernel}): real elfcorehdr vs model")
@@ -287,20 +297,8 @@ def render(report: CheckReport, console: Console) -> None:
         table.add_row(*row)
     console.print(table)
     if report.fdt:
-        ft = Table(title="crash kernel FDT: real vs model")
-        for col in ("check", "result", "detail"):
-            ft.add_column(col)
-        for name, ok, detail in report.fdt:
-            mark = "[green]ok[/green]" if ok else ("[red]DIFFERS[/red]" if ok is False else "-")
-            ft.add_row(name, mark, detail)
-        console.print(ft)
-    vt = Table(title="vmcore")
-    for col in ("check", "result", "detail"):
-        vt.add_column(col)
-    for name, ok, detail in report.vmcore:
-        mark = "[green]ok[/green]" if ok else ("[red]DIFFERS[/red]" if ok is False else "-")
-        vt.add_row(name, mark, detail)
-    console.print(vt)
+        console.print(_checks_table("crash kernel FDT: real vs model", report.fdt))
+    console.print(_checks_table("vmcore", report.vmcore))
     compared = sum(1 for r in report.steps if not r.skipped)
     if not report.ok:
         console.print("[red]differences found[/red]")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from crash_hotplug.lab.debian import KernelPackage
 from crash_hotplug.lab.debian_ppc64 import Ppc64GuestTools
+from crash_hotplug.lab.initramfs import _SNAP as _SNAP_AMD64
 from crash_hotplug.lab.initramfs import READY_MARK, Cpio
 
 __all__ = [
@@ -52,41 +53,12 @@ export PS1= PS2=
 exec setsid sh -c "stty -echo -onlcr; echo {ready} $role; exec sh 2>/dev/null" </dev/hvc0 >/dev/hvc0 2>&1
 """
 
-# /bin/snap: the amd64 lab's file list, plus the whole device tree as one tar archive.
-_SNAP = r"""#!/bin/sh
-emit() {
-  [ -e "$2" ] || return 0
-  echo "@@F $1"
-  if base64 "$2" 2>/dev/null; then echo "@@E ok"; else echo "@@E err"; fi
-}
-one() { emit "$1" "$1"; }
-one /proc/iomem
-one /proc/cmdline
-one /proc/sys/kernel/osrelease
-grep -E ' (_text|_stext|_etext|_end)$' /proc/kallsyms > /tmp/kallsyms
-emit /proc/kallsyms /tmp/kallsyms
-head -c 65536 /proc/kcore > /tmp/kcore
-emit /proc/kcore /tmp/kcore
-c=/sys/devices/system/cpu
-for f in possible present online offline kernel_max crash_hotplug; do one $c/$f; done
-for d in $c/cpu[0-9]*; do
-  for f in online crash_notes crash_notes_size; do one $d/$f; done
-done
-m=/sys/devices/system/memory
-for f in block_size_bytes crash_hotplug auto_online_blocks; do one $m/$f; done
-for d in $m/memory[0-9]*; do
-  for f in state phys_index valid_zones; do one $d/$f; done
-done
-for f in vmcoreinfo kexec_crash_loaded kexec_crash_size crash_elfcorehdr_size kexec_loaded; do
-  one /sys/kernel/$f
-done
-tar -C /sys/firmware/devicetree -czf /tmp/dt.tar base
+# /bin/snap: the amd64 lab's file list, plus the whole device tree as one gzipped tar archive.
+_DT_LINES = """tar -C /sys/firmware/devicetree -czf /tmp/dt.tar base
 emit {dt_tar} /tmp/dt.tar
 rm -f /tmp/dt.tar
-dmesg > /tmp/dmesg
-emit /var/log/dmesg /tmp/dmesg
-echo "@@SNAP-END"
 """
+_SNAP = _SNAP_AMD64.replace("dmesg > /tmp/dmesg\n", _DT_LINES + "dmesg > /tmp/dmesg\n", 1)
 
 
 def _base(cpio: Cpio, tools: Ppc64GuestTools) -> None:
