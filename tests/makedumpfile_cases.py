@@ -23,6 +23,7 @@ the session.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Mapping
@@ -34,7 +35,15 @@ from crash_hotplug.crash.panic import write_panic_artifacts
 from crash_hotplug.machine.machine import Machine
 from crash_hotplug.scenario import ScenarioRun
 
-__all__ = ["MODEL_DUMP_CASES", "ModelDump", "ModelDumpCase", "make_model_dump", "makedumpfile_path"]
+__all__ = [
+    "MODEL_DUMP_CASES",
+    "Makedumpfile",
+    "ModelDump",
+    "ModelDumpCase",
+    "make_model_dump",
+    "makedumpfile_path",
+    "trixie_makedumpfile",
+]
 
 PANIC: dict[str, Any] = {"op": "panic", "cpu": "last_online"}
 
@@ -67,6 +76,40 @@ MODEL_DUMP_CASES: dict[str, ModelDumpCase] = {c.name: c for c in (
 )}
 
 
+@dataclass(frozen=True)
+class Makedumpfile:
+    """A makedumpfile binary to run, with the environment it needs and the version it reports."""
+
+    path: str
+    env: Mapping[str, str] | None = None
+    version: str = ""
+
+    def run(self, argv: list[str], **kw: Any) -> subprocess.CompletedProcess[bytes]:
+        env = None if self.env is None else {**os.environ, **self.env}
+        return subprocess.run([self.path, *argv], env=env, **kw)
+
+
+def trixie_makedumpfile() -> Makedumpfile:
+    """Debian trixie's makedumpfile (1.7.6, built with zstd, which bookworm's 1.7.2 is not), from the
+    archive through the lab's private apt set-up, unpacked once into the cache. It runs on bookworm
+    with trixie's libzstd1 beside it (its other libraries keep their sonames and symbols)."""
+    from crash_hotplug.lab.debian import cache_dir, default_archive, extract_from_deb
+
+    archive = default_archive()
+    md_deb, md_ver = archive.download("makedumpfile", "trixie")
+    zstd_deb, zstd_ver = archive.download("libzstd1", "trixie")
+    dest = cache_dir() / "tools" / f"makedumpfile-trixie-{md_ver.replace(':', '_')}-zstd-{zstd_ver.replace(':', '_')}"
+    if not (dest / "usr/bin/makedumpfile").is_file():
+        part = dest.with_name(f"{dest.name}.{os.getpid()}")
+        shutil.rmtree(part, ignore_errors=True)
+        extract_from_deb(md_deb, part, ["./usr/bin/makedumpfile"])
+        extract_from_deb(zstd_deb, part, ["./usr/lib/x86_64-linux-gnu/libzstd.so.1*"], merge=True)
+        shutil.rmtree(dest, ignore_errors=True)
+        part.rename(dest)
+    return Makedumpfile(str(dest / "usr/bin/makedumpfile"), {"LD_LIBRARY_PATH": str(dest / "usr/lib/x86_64-linux-gnu")},
+                        md_ver)
+
+
 def makedumpfile_path() -> str:
     """The makedumpfile binary (``bash tasks test`` installs Debian's); AssertionError when absent."""
     path = shutil.which("makedumpfile")
@@ -83,24 +126,27 @@ class ModelDump:
     root: Path
     vmcore: Path
     panic_cpu: int
-    _made: dict[tuple[tuple[str, ...], int], Path] = field(default_factory=dict, repr=False)
+    _made: dict[tuple[tuple[str, ...], int, str], Path] = field(default_factory=dict, repr=False)
 
-    def convert(self, *options: str, level: int = 1) -> Path:
-        """``makedumpfile OPTIONS -d LEVEL vmcore OUT`` (``-F`` writes to stdout, as into a pipe);
-        made once per (options, level) and kept for the session."""
-        key = (tuple(options), level)
+    def convert(self, *options: str, level: int = 1, tool: Makedumpfile | None = None) -> Path:
+        """``makedumpfile OPTIONS -d LEVEL vmcore OUT`` (``-F`` writes to stdout, as into a pipe) with
+        ``tool`` (default: the installed one, Debian bookworm's); made once per (options, level,
+        tool) and kept for the session."""
+        mdf = tool or Makedumpfile(makedumpfile_path())
+        key = (tuple(options), level, mdf.path)
         done = self._made.get(key)
         if done is not None:
             return done
         tag = "".join(o.strip("-") for o in options) or "kdump"
-        out = self.dir / f"{self.case.name}-d{level}.{tag}"
-        cmd = [makedumpfile_path(), *options, "-d", str(level), "--message-level", "1", str(self.vmcore)]
+        out = self.dir / f"{self.case.name}-d{level}.{tag}{'' if tool is None else '.' + str(len(self._made))}"
+        argv = [*options, "-d", str(level), "--message-level", "1", str(self.vmcore)]
         if "-F" in options:
             with out.open("wb") as f:
-                res = subprocess.run(cmd, stdout=f, stderr=subprocess.PIPE, timeout=300, check=False)
+                res = mdf.run(argv, stdout=f, stderr=subprocess.PIPE, timeout=300, check=False)
         else:
-            res = subprocess.run([*cmd, str(out)], capture_output=True, timeout=300, check=False)
-        assert res.returncode == 0, f"{' '.join(cmd)} failed ({res.returncode}): {res.stderr.decode()[-2000:]}"
+            res = mdf.run([*argv, str(out)], capture_output=True, timeout=300, check=False)
+        why = res.stderr.decode()[-2000:]
+        assert res.returncode == 0, f"{mdf.path} {' '.join(argv)} failed ({res.returncode}): {why}"
         self._made[key] = out
         return out
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,8 @@ import pytest
 
 from crash_hotplug.audit import audit
 from crash_hotplug.crash.vmcore import read_vmcore_file
+from crash_hotplug.lab.errors import LabError
+from tests.makedumpfile_cases import Makedumpfile, trixie_makedumpfile
 
 pytestmark = pytest.mark.skipif(shutil.which("makedumpfile") is None,
                                 reason="makedumpfile is not installed (bash tasks test installs it)")
@@ -33,6 +36,7 @@ def dumps(request: pytest.FixtureRequest) -> ModelDumps:
     got: ModelDumps = request.getfixturevalue("model_dumps")
     return got
 
+PAGE = 4096
 CASES = ["complete", "no-hotplug-6.1", "dimm-removed"]
 MODES = [("-c",), ("-l",), ("-E",), ("-F", "-l"), ("-F", "-E")]
 
@@ -143,3 +147,48 @@ def test_split_parts_read_together(dumps: ModelDumps, tmp_path: Path) -> None:
     cli = subprocess.run([sys.executable, "-m", "crash_hotplug", "audit", str(parts[0]), str(parts[2]),
                           "--root", str(dump.root)], capture_output=True, text=True, timeout=120)
     assert cli.returncode == 2 and "in no part" in cli.stderr and cli.stderr.count("\n") == 1, cli.stderr
+
+
+@pytest.fixture(scope="session")
+def zstd_makedumpfile() -> Makedumpfile:
+    """Debian trixie's makedumpfile, built with zstd (``-z``), which bookworm's is not."""
+    try:
+        return trixie_makedumpfile()
+    except LabError as exc:
+        if os.environ.get("CI"):
+            pytest.fail(f"trixie's makedumpfile could not be fetched: {exc}")
+        pytest.skip(f"trixie's makedumpfile could not be fetched: {exc}")
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("mode", [("-z",), ("-F", "-z")], ids=["-z", "-F-z"])
+def test_zstd_pages_from_a_real_makedumpfile(dumps: ModelDumps, zstd_makedumpfile: Makedumpfile, case: str,
+                                              mode: tuple[str, ...]) -> None:
+    """Pages compressed with zstd by a real makedumpfile (trixie's 1.7.6, as RHEL's default
+    ``-z`` collectors write them) get the ELF's verdict."""
+    dump = dumps(case)
+    code0, elf, elf_report = _findings(dump.vmcore, dump.root)
+    made = dump.convert(*mode, level=1, tool=zstd_makedumpfile)
+    code, got, report = _findings(made, dump.root)
+    assert (code, got) == (code0, elf)
+    assert report.memory.missing == elf_report.memory.missing and report.memory.extra == elf_report.memory.extra
+    assert report.bytes.done and report.bytes.mismatches == ()
+    assert report.dump_format == ("flattened " if "-F" in mode else "") + "kdump-compressed"
+
+
+def test_every_zstd_page_is_the_elf_page(dumps: ModelDumps, zstd_makedumpfile: Makedumpfile) -> None:
+    dump = dumps("complete")
+    zstd = dump.convert("-z", level=1, tool=zstd_makedumpfile)
+    kd = read_vmcore_file(zstd)
+    elf = read_vmcore_file(dump.vmcore)
+    assert kd.kdump is not None
+    assert json.loads(subprocess.run([sys.executable, "-m", "crash_hotplug", "elfcorehdr", "show",
+                                      str(zstd), "--json"], capture_output=True, text=True,
+                                     timeout=120).stdout)["compression"] == "zstd"
+    pages = 0
+    for start, end in elf.present_ranges():
+        for pfn in range(start // PAGE, end // PAGE + 1):
+            got = kd.read_phys(pfn * PAGE, PAGE)
+            assert got == elf.read_phys(pfn * PAGE, PAGE), f"pfn {pfn:#x}"
+            pages += 1
+    assert pages > 60_000

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "GuestCommandError",
+    "GuestPanicked",
     "GuestTimeout",
     "InitramfsError",
     "KernelFetchError",
@@ -55,6 +56,20 @@ class GuestTimeout(LabError):
         super().__init__(
             f"guest did not show {awaited!r} within {timeout:g} s; last serial output:\n{serial_tail}"
         )
+
+
+class GuestPanicked(LabError):
+    """The guest kernel panicked where no panic was asked for (an oops at boot or in a step).
+
+    Carries the oops's own lines (``Oops:``, ``BUG:``, ``RIP:``, the panic line) and the serial tail,
+    so the one-line error says what the kernel said instead of waiting out a timeout.
+    """
+
+    def __init__(self, awaited: str, summary: list[str], serial_tail: str) -> None:
+        self.awaited = awaited
+        self.summary = summary
+        self.serial_tail = serial_tail
+        super().__init__(f"the guest kernel panicked while waiting for {awaited!r}: " + " | ".join(summary))
 
 
 class GuestCommandError(LabError):

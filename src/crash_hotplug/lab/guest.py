@@ -2,7 +2,8 @@
 
 The guest's ``/init`` (``initramfs.py``) leaves ``sh`` on ``ttyS0`` with echo off. A command is
 sent as ``echo @@B<n>; { CMD; } 2>&1; echo "@@E<n> $?"`` and its output is what comes between the
-two marks. Every wait has a timeout and raises ``GuestTimeout`` with the tail of the serial log.
+two marks. Every wait has a timeout and raises ``GuestTimeout`` with the tail of the serial log; a
+kernel panic the caller did not ask for ends the wait at once with ``GuestPanicked``.
 """
 
 from __future__ import annotations
@@ -15,11 +16,29 @@ import threading
 import time
 from pathlib import Path
 
-from crash_hotplug.lab.errors import GuestCommandError, GuestTimeout, QemuError
+from crash_hotplug.lab.errors import GuestCommandError, GuestPanicked, GuestTimeout, QemuError
 
-__all__ = ["SerialConsole", "parse_snapshot_stream"]
+__all__ = ["SerialConsole", "oops_summary", "parse_snapshot_stream"]
 
 _OVERLAP = 4096
+#: the last line of a panic (kernel/panic.c ``panic``), printed once the panic message is out
+_PANIC_END_RE = re.compile(r"^.*---\[ end Kernel panic - not syncing: .*$", re.M)
+#: the lines of an oops that say what happened (arch/x86/kernel/dumpstack.c, lib/bug.c, kernel/panic.c)
+_OOPS_LINE_RE = re.compile(
+    r"^.*(?:Oops:|BUG:|kernel BUG at|general protection fault|RIP: |NIP |Kernel panic - not syncing:).*$", re.M
+)
+
+
+def oops_summary(text: str, limit: int = 6) -> list[str]:
+    """The first lines of ``text`` that say what an oops or panic was (timestamps dropped)."""
+    out: list[str] = []
+    for m in _OOPS_LINE_RE.finditer(text):
+        line = re.sub(r"^\s*\[\s*[0-9.]+\]\s*", "", m.group(0)).strip()
+        if line and "---[ end " not in line and line not in out:
+            out.append(line)
+        if len(out) >= limit:
+            break
+    return out
 
 
 class SerialConsole:
@@ -90,11 +109,14 @@ class SerialConsole:
         with self._cond:
             return self._buf[-n:].decode("utf-8", "replace")
 
-    def wait_for(self, pattern: str, timeout: float, start: int | None = None) -> re.Match[str]:
+    def wait_for(
+        self, pattern: str, timeout: float, start: int | None = None, panic_ok: bool = False
+    ) -> re.Match[str]:
         """Wait until ``pattern`` (a multiline regex) matches serial output after ``start``.
 
         ``start`` defaults to the console's cursor, which moves past each match. Output is scanned
-        incrementally (with a 4 KiB overlap), so a match must fit in 4 KiB of new output.
+        incrementally (with a 4 KiB overlap), so a match must fit in 4 KiB of new output. Unless
+        ``panic_ok``, the end of a kernel panic in that output raises ``GuestPanicked``.
         """
         rx = re.compile(pattern, re.M)
         begin = self._cursor if start is None else start
@@ -109,6 +131,9 @@ class SerialConsole:
                 if m:
                     self._cursor = window_start + m.end()
                     return m
+                if not panic_ok and _PANIC_END_RE.search(window.decode("latin-1")):
+                    seen = self._buf[begin:end].decode("utf-8", "replace")
+                    raise GuestPanicked(pattern, oops_summary(seen), self._buf[-3000:].decode("utf-8", "replace"))
                 scan = end
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._closed:
