@@ -54,10 +54,13 @@ class CheckReport:
     kernel: str
     steps: list[StepResult] = field(default_factory=list)
     vmcore: list[tuple[str, bool | None, str]] = field(default_factory=list)  # (check, ok, detail)
+    #: the crash kernel's FDT per step against the model (ppc64 runs; same shape as ``vmcore``)
+    fdt: list[tuple[str, bool | None, str]] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return all(r.ok for r in self.steps) and all(ok is not False for _n, ok, _d in self.vmcore)
+        return (all(r.ok for r in self.steps) and all(ok is not False for _n, ok, _d in self.vmcore)
+                and all(ok is not False for _n, ok, _d in self.fdt))
 
 
 def rebuild_sources(steps: list[Step]) -> dict[str, Step]:
@@ -95,6 +98,11 @@ def check_run(
     ``against`` names a reference run (e.g. the vectors' run of the same kernel and scenario); each
     step's real header is then also compared with the reference's, for information only.
     """
+    if model is None and against is None:
+        from crash_hotplug.lab.check_ppc64 import check_run_ppc64, is_ppc64_run
+
+        if is_ppc64_run(run_dir):
+            return check_run_ppc64(run_dir)
     run = RunDir(run_dir)
     build, first_difference = model or _model()
     version = kernel_version  # None: the model reads proc/sys/kernel/osrelease under each root
@@ -259,6 +267,16 @@ def _ranges(loads: list[tuple[int, int]]) -> str:
     return ", ".join(f"{a:#x}+{n:#x}" for a, n in loads)
 
 
+def _checks_table(title: str, rows: list[tuple[str, bool | None, str]]) -> Table:
+    table = Table(title=title)
+    for col in ("check", "result", "detail"):
+        table.add_column(col)
+    for name, ok, detail in rows:
+        mark = "[green]ok[/green]" if ok else ("[red]DIFFERS[/red]" if ok is False else "-")
+        table.add_row(name, mark, detail)
+    return table
+
+
 def render(report: CheckReport, console: Console) -> None:
     """The report as rich tables: one row per step, then the vmcore checks."""
     table = Table(title=f"{report.run_dir} ({report.kernel}): real elfcorehdr vs model")
@@ -278,13 +296,9 @@ def render(report: CheckReport, console: Console) -> None:
             row.append(r.vs_reference or "-")
         table.add_row(*row)
     console.print(table)
-    vt = Table(title="vmcore")
-    for col in ("check", "result", "detail"):
-        vt.add_column(col)
-    for name, ok, detail in report.vmcore:
-        mark = "[green]ok[/green]" if ok else ("[red]DIFFERS[/red]" if ok is False else "-")
-        vt.add_row(name, mark, detail)
-    console.print(vt)
+    if report.fdt:
+        console.print(_checks_table("crash kernel FDT: real vs model", report.fdt))
+    console.print(_checks_table("vmcore", report.vmcore))
     compared = sum(1 for r in report.steps if not r.skipped)
     if not report.ok:
         console.print("[red]differences found[/red]")

@@ -188,8 +188,13 @@ class AptArchive:
         mirror: str | None = None,
         security_mirror: str | None = None,
         log: Log | None = None,
+        arch: str = "amd64",
+        suites: Sequence[tuple[str, str]] = SUITES,
     ) -> None:
         self.root = root
+        #: the Debian architecture the lists and downloads are for (``ppc64el`` for the pseries lab)
+        self.arch = arch
+        self.suites = tuple(suites)
         self.mirror = mirror or os.environ.get("CRASH_HOTPLUG_DEBIAN_MIRROR", DEFAULT_MIRROR)
         self.security_mirror = security_mirror or os.environ.get(
             "CRASH_HOTPLUG_DEBIAN_SECURITY_MIRROR", DEFAULT_SECURITY_MIRROR
@@ -206,9 +211,10 @@ class AptArchive:
     def sources_list(self) -> str:
         """The private ``sources.list`` text: bookworm (+updates, security, backports) and trixie."""
         lines = []
-        for kind, suite in SUITES:
+        arch = "" if self.arch == "amd64" else f"arch={self.arch} "
+        for kind, suite in self.suites:
             uri = self.security_mirror if kind == "security" else self.mirror
-            lines.append(f"deb [signed-by={KEYRING}] {uri} {suite} main")
+            lines.append(f"deb [{arch}signed-by={KEYRING}] {uri} {suite} main")
         return "\n".join(lines) + "\n"
 
     def apt_conf(self) -> str:
@@ -233,14 +239,14 @@ class AptArchive:
             "Dir::Log": f"{r}/log",
             "Debug::NoLocking": "true",
             "APT::Sandbox::User": "root",
-            "APT::Architecture": "amd64",
+            "APT::Architecture": self.arch,
             "Acquire::Languages": "none",
             "Acquire::Check-Valid-Until": "false",
             "Acquire::Retries": "3",
             "Acquire::http::Timeout": "60",
         }
         body = "".join(f'{k} "{v}";\n' for k, v in items.items())
-        return body + 'APT::Architectures { "amd64"; };\n'
+        return body + f'APT::Architectures {{ "{self.arch}"; }};\n'
 
     def ensure_layout(self) -> None:
         for sub in (

@@ -180,9 +180,13 @@ class VM:
         accel: str = "tcg",
         log: Log | None = None,
         quirks: Sequence[MachineQuirk] = (),
+        argv: Callable[[str, str], list[str]] | None = None,
+        binary: tuple[str, str] = ("qemu-system-x86_64", "qemu-system-x86"),
     ) -> None:
-        if shutil.which("qemu-system-x86_64") is None:
-            raise QemuError("qemu-system-x86_64 is not installed (Debian package qemu-system-x86)")
+        """``argv``, when given, builds another machine's command line from the two socket paths
+        (the pseries lab); ``binary`` is (the QEMU program, its Debian package)."""
+        if shutil.which(binary[0]) is None:
+            raise QemuError(f"{binary[0]} is not installed (Debian package {binary[1]})")
         self.cfg = cfg
         self.accel = accel
         self.run_dir = run_dir
@@ -191,14 +195,17 @@ class VM:
         self.serial_sock = self._sockdir / "serial.sock"
         self.qmp_sock = self._sockdir / "qmp.sock"
         self.quirks = tuple(quirks)
-        self.argv = qemu_argv(
-            cfg, accel, str(kernel), str(initrd), str(self.serial_sock), str(self.qmp_sock), self.quirks
-        )
         #: bytes the guest writes to I/O port DUMP_PORT (``isa-debugcon``) land in this file: the way
         #: a dump file comes back from the capture kernel (the console's base64 is too slow for it)
         self.dump_path = run_dir / "capture-debugcon.bin"
-        self.argv += ["-chardev", f"file,id=dump0,path={self.dump_path}",
-                      "-device", f"isa-debugcon,iobase={DUMP_PORT:#x},chardev=dump0"]
+        if argv is not None:
+            self.argv = argv(str(self.serial_sock), str(self.qmp_sock))
+        else:
+            self.argv = qemu_argv(
+                cfg, accel, str(kernel), str(initrd), str(self.serial_sock), str(self.qmp_sock), self.quirks
+            )
+            self.argv += ["-chardev", f"file,id=dump0,path={self.dump_path}",
+                          "-device", f"isa-debugcon,iobase={DUMP_PORT:#x},chardev=dump0"]
         self.proc: subprocess.Popen[bytes] | None = None
         self.qmp: Any = None
         self.serial: SerialConsole | None = None

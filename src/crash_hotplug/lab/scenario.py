@@ -20,14 +20,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from crash_hotplug.elf.constants import NT_PRSTATUS
 from crash_hotplug.elf.core import ElfCore
 from crash_hotplug.elf.notes import iter_notes
 from crash_hotplug.elf.prstatus import ElfPrstatus
 from crash_hotplug.elf.structs import Elf64_Phdr
-from crash_hotplug.lab.debian import GuestTools, KernelPackage, cache_dir, default_archive
+from crash_hotplug.lab.debian import KernelPackage, cache_dir, default_archive
 from crash_hotplug.lab.errors import GuestPanicked, GuestTimeout, LabError, QemuError, ScenarioError
 from crash_hotplug.lab.guest import SerialConsole, parse_snapshot_stream
 from crash_hotplug.lab.initramfs import (
@@ -49,7 +49,17 @@ from crash_hotplug.lab.rundir import (
     parse_cpulist,
 )
 
-__all__ = ["Runner", "action_label"]
+__all__ = ["GuestToolVersions", "Runner", "action_label"]
+
+
+class GuestToolVersions(Protocol):
+    """What the run records of the guest's userland (either architecture's tool set)."""
+
+    @property
+    def busybox_version(self) -> str: ...
+
+    @property
+    def kexec_version(self) -> str: ...
 
 Report = Callable[[str], None]
 PAGE = 4096
@@ -144,16 +154,20 @@ class Runner:
         self.out = out
         self.accel = accel
         self.report = report or (lambda _m: None)
-        self.cfg = MachineConfig.from_plan(plan.machine)
+        self.cfg = self._machine_config(plan.machine)
         self.state = _State()
         self.scenario: dict[str, Any] = {}
         self.mode = "unknown"
         self.config: KernelConfig | None = None
         self.accel_reason = ""
 
+    @staticmethod
+    def _machine_config(machine: dict[str, Any]) -> MachineConfig:
+        return MachineConfig.from_plan(machine)
+
     # -- preparation ---------------------------------------------------------------------
 
-    def prepare(self) -> tuple[KernelPackage, GuestTools, Path]:
+    def prepare(self) -> tuple[KernelPackage, GuestToolVersions, Path]:
         archive = default_archive(self.report)
         kernel = self.request.fetch(archive, self.report)
         self.mode, self.config = usable_or_raise(kernel)
@@ -579,9 +593,6 @@ class Runner:
         (sdir / "elfcorehdr.bin").write_bytes(hdr)
         loads, notes = core.load_phdrs, core.notes_phdrs
         rest = seg[bin_size:]
-        iomem = (root / "proc/iomem").read_text() if (root / "proc/iomem").exists() else ""
-        expected, crash = iomem_system_ram_expected(iomem)
-        ram = sorted((p.p_paddr, p.p_paddr + p.p_memsz - 1) for p in loads if p.p_vaddr < KERNEL_TEXT_VADDR)
         changed = None if st.prev_used is None else seg[:used] != st.prev_used
         info.update(
             {
@@ -604,13 +615,7 @@ class Runner:
                 "step_wall_s": round(wall, 4),
                 "header_changed_vs_previous_step": changed,
                 "same_addr_as_previous_step": None if st.prev_addr is None else st.prev_addr == loaded.addr,
-                "header_matches_iomem_system_ram": ram == sorted(expected),
-                "iomem_system_ram_expected": [hexrange(r) for r in expected],
-                "elfcorehdr_ram_ranges": [hexrange(r) for r in ram],
-                "iomem_rule": (
-                    "top-level 'System RAM' lines of proc/iomem minus [0, 1 MiB) and minus the 'Crash kernel' range"
-                ),
-                "crashkernel_region": hexrange(crash) if crash else None,
+                **self._ram_check(root, loads),
                 "pt_note_owners": _note_owners(root, notes),
                 "kcore_bytes_read": KCORE_READ,
                 "unreadable_files": unreadable,
@@ -620,10 +625,36 @@ class Runner:
         info["header_built_by"] = (
             "kernel (kexec_file_load)" if loaded.syscall == "kexec_file_load" else "kexec-tools (kexec_load)"
         )
+        self._snapshot_extra(vm, sdir, info)
         info["snapshot_host_s"] = round(time.monotonic() - t0, 3)
         st.prev_used, st.prev_addr = seg[:used], loaded.addr
         st.last_header = hdr
         self._finish_step(sdir, info, hdr)
+
+    def _ram_check(self, root: Path, loads: list[Elf64_Phdr]) -> dict[str, Any]:
+        """``step.json``'s comparison of the header's RAM with ``/proc/iomem`` (x86: System RAM
+        minus [0, 1 MiB) and the ``Crash kernel`` line)."""
+        iomem = (root / "proc/iomem").read_text() if (root / "proc/iomem").exists() else ""
+        expected, crash = iomem_system_ram_expected(iomem)
+        ram = sorted((p.p_paddr, p.p_paddr + p.p_memsz - 1) for p in loads if p.p_vaddr < KERNEL_TEXT_VADDR)
+        return {
+            "header_matches_iomem_system_ram": ram == sorted(expected),
+            "iomem_system_ram_expected": [hexrange(r) for r in expected],
+            "elfcorehdr_ram_ranges": [hexrange(r) for r in ram],
+            "iomem_rule": (
+                "top-level 'System RAM' lines of proc/iomem minus [0, 1 MiB) and minus the 'Crash kernel' range"
+            ),
+            "crashkernel_region": hexrange(crash) if crash else None,
+        }
+
+    def _snapshot_extra(self, vm: VM, sdir: Path, info: dict[str, Any]) -> None:
+        """What an architecture adds to a step's snapshot (nothing on x86)."""
+
+    @staticmethod
+    def _prstatus_pid_ip(desc: bytes) -> tuple[int, int]:
+        """``(pr_pid, instruction pointer)`` of an NT_PRSTATUS descriptor (x86_64 layout)."""
+        pr = ElfPrstatus.unpack(desc)
+        return pr.pr_pid, pr.ip
 
     def _finish_step(self, sdir: Path, info: dict[str, Any], hdr: bytes | None) -> None:
         st = self.state
@@ -726,8 +757,8 @@ class Runner:
         prstatus = []
         for _i, note in ElfCore.parse(headers, "vmcore headers").notes():
             if note.name == "CORE" and note.n_type == NT_PRSTATUS:
-                pr = ElfPrstatus.unpack(note.desc)
-                prstatus.append({"pr_pid": pr.pr_pid, "rip": hex(pr.ip)})
+                pid, ip = self._prstatus_pid_ip(note.desc)
+                prstatus.append({"pr_pid": pid, "rip": hex(ip)})
         per_cpu = self._per_cpu_notes(con, loads)
         fields = ls.split()
         info: dict[str, Any] = {
@@ -792,7 +823,7 @@ class Runner:
                 for note in iter_notes(data):
                     if note.name == "CORE" and note.n_type == NT_PRSTATUS:
                         saved = True
-                        entry["pr_pid"] = ElfPrstatus.unpack(note.desc).pr_pid
+                        entry["pr_pid"] = self._prstatus_pid_ip(note.desc)[0]
                 entry["prstatus_saved"] = saved
             out[f"cpu{cpu}"] = entry
         return out
@@ -838,8 +869,15 @@ def run_scenario(
     plan: Plan, kernel: KernelRequest | str, out: Path, accel: str = "auto", report: Report | None = None
 ) -> Path:
     """Run ``plan`` on a kernel into ``out``; the VM is stopped whatever happens."""
+    request = kernel if isinstance(kernel, KernelRequest) else KernelRequest(key=kernel)
     try:
-        return Runner(plan, kernel, out, accel=accel, report=report).run()
+        from crash_hotplug.lab.debian_ppc64 import is_ppc64_key
+
+        if is_ppc64_key(request.key):
+            from crash_hotplug.lab.scenario_ppc64 import Ppc64Runner
+
+            return Ppc64Runner(plan, request, out, accel=accel, report=report).run()
+        return Runner(plan, request, out, accel=accel, report=report).run()
     except subprocess.SubprocessError as exc:
         raise LabError(str(exc)) from exc
 
