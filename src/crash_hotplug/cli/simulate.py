@@ -176,16 +176,20 @@ def simulate() -> None:
 @click.option("--kernel", type=click.Choice(["6.12.43", "6.12"]), default="6.12.43", show_default=True)
 @click.option("--reload-at", "reload_at", type=click.FloatRange(min=0, max=MAX_TIME_S), multiple=True,
               metavar="SECONDS", help="Also run `kdumpctl reload` at this time (repeatable).")
+@click.option("--memmap-on-memory", is_flag=True,
+              help="Boot with memory_hotplug.memmap_on_memory=1: added memory holds its own struct pages "
+                   "(needed beyond about 64x the boot memory).")
 @_options
 @fails_cleanly
 def resize(size_from: str, size_to: str, dimm: str, block: str, kernel: str, reload_at: tuple[float, ...],
-           **kw: Any) -> None:
+           memmap_on_memory: bool, **kw: Any) -> None:
     """Resize a guest's memory in DIMMs (32G -> 512G at 128 MiB blocks is 3840 events)."""
     sizes = (parse_size(size_from, "--from"), parse_size(size_to, "--to"), parse_size(dimm, "--dimm"),
              parse_size(block, "--block"))
 
     def plan(costs: CostModel) -> Plan:
-        p = resize_plan(sizes[0], sizes[1], dimm=sizes[2], block=sizes[3], kernel=kernel, costs=costs)
+        p = resize_plan(sizes[0], sizes[1], dimm=sizes[2], block=sizes[3], kernel=kernel, costs=costs,
+                        memmap_on_memory=memmap_on_memory)
         return with_reloads(p, reload_at)
 
     _go(plan, **kw)

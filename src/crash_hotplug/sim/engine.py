@@ -392,7 +392,8 @@ def simulate(approach: str, plan: Plan, costs: CostModel | None = None, *,
         raise SimError(f"unknown approach {approach!r} ({', '.join(APPROACHES)})")
     costs = costs or CostModel.default()
     m = Machine.new(mem_gib=plan.boot_gib, cpus=plan.cpus, possible=plan.possible, kernel=plan.kernel,
-                    block_size=plan.block_size, maxmem_gib=plan.maxmem_gib, slots=plan.slots)
+                    block_size=plan.block_size, maxmem_gib=plan.maxmem_gib, slots=plan.slots,
+                    memmap_on_memory=plan.memmap_on_memory)
     m.clock = Clock(costs=costs)
     for name, start, size in plan.preplugged:
         m.add_dimm(size, name=name, start=start)
