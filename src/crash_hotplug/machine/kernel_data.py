@@ -159,6 +159,7 @@ class KernelData:
     #: own ``struct page`` array at the start of each block (``mhp_supports_memmap_on_memory``,
     #: the vmemmap altmap), 0 when it comes from boot RAM
     memmap_on_memory: int = field(default=0, init=False)
+    _memmap_page_cache: tuple[tuple[str | None, ...], bytes] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._brk_next = self.brk[0]
@@ -340,7 +341,12 @@ class KernelData:
         return bytes(page)
 
     def _memmap_page(self) -> bytes:
-        return self.struct_page() * (PAGE_SIZE // _num(self.items, "SIZE(page)"))
+        """A page of ``struct page`` (the same bytes every time the items are: made once)."""
+        key = tuple(self.items.get(k) for k in ("SIZE(page)", "OFFSET(page._refcount)", "OFFSET(page._mapcount)"))
+        if self._memmap_page_cache is None or self._memmap_page_cache[0] != key:
+            page = self.struct_page() * (PAGE_SIZE // _num(self.items, "SIZE(page)"))
+            self._memmap_page_cache = (key, page)
+        return self._memmap_page_cache[1]
 
     def _take(self, r: tuple[int, int]) -> None:
         """Mark the inclusive range used (``_used`` stays sorted and disjoint)."""
