@@ -30,6 +30,8 @@ MODEL_STATE_FILE: Final = "var/lib/crash-hotplug/machine.json"
 #: under them changes, at most :data:`_HELD_MAX` of them
 _HELD_SIZES: Final = (2 * PAGE_SIZE, 2 << 20)
 _HELD_MAX: Final = 32
+#: zero-filled buffers by size (see :meth:`PhysMem.zero`)
+_ZEROS: dict[int, bytes] = {}
 
 
 class MemoryReader(Protocol):
@@ -194,7 +196,15 @@ class PhysMem:
 
     def zero(self, paddr: int, size: int) -> None:
         """Fill a range with zeros (a fresh allocation, a cleared buffer)."""
-        self.write(paddr, bytes(size))
+        zeros = _ZEROS.get(size)
+        if zeros is None:
+            zeros = bytes(size)
+            if size <= _HELD_SIZES[1]:
+                # the same object for the same size, so a zeroing memory already holds is seen at once
+                if len(_ZEROS) >= _HELD_MAX:
+                    del _ZEROS[next(iter(_ZEROS))]
+                _ZEROS[size] = zeros
+        self.write(paddr, zeros)
 
     def discard(self, start: int, end: int) -> None:
         """Forget writes to pages in ``[start, end]`` (memory that left the machine)."""
