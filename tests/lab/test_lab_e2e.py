@@ -90,9 +90,13 @@ def test_short_scenario_on_7x_end_to_end(tmp_path: Path) -> None:
         assert (out / log).stat().st_size > 0
     # the capture kernel ran the distribution's core collector on /proc/vmcore, as kdump-utils does
     dumps = capture["dumps"]
-    assert [(d["file"], d["command"]) for d in dumps] == [("vmcore.kdump", "makedumpfile -l --message-level 1 -d 31")]
+    # (kdump-utils' default), and the flattened stream an ssh target receives
+    assert [(d["file"], d["command"]) for d in dumps] == [("vmcore.kdump", "makedumpfile -l --message-level 1 -d 31"),
+                                                          ("vmcore.flat", "makedumpfile -F -l --message-level 1 -d 31")]
     assert (out / "vmcore.kdump").stat().st_size == dumps[0]["bytes"]
     assert (out / "vmcore.kdump").read_bytes()[:8] == b"KDUMP   "
+    assert (out / "vmcore.flat").stat().st_size == dumps[1]["bytes"]
+    assert (out / "vmcore.flat").read_bytes()[:16] == b"makedumpfile\0\0\0\0"
     check = runner.invoke(lab, ["check", str(out)])
     assert check.exit_code == 0, check.output
     assert check.output.count("same bytes") == 4, check.output
@@ -105,6 +109,8 @@ def test_short_scenario_on_7x_end_to_end(tmp_path: Path) -> None:
     assert ok is None, detail
     assert detail.startswith("kdump-compressed: exit 0 (no findings); vmcore headers: exit 1 (memory-extra)"), detail
     assert "filtered by the dump level, -d 31" in detail and "trims max_mapnr" in detail, detail
+    flat_ok, flat = rows["vmcore.flat audit = vmcore headers audit"]
+    assert flat_ok is None and flat.replace("flattened kdump-compressed", "kdump-compressed", 1) == detail, flat
 
 
 @pytest.mark.lab

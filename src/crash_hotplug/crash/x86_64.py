@@ -19,7 +19,7 @@ from crash_hotplug.crash.core import (
 from crash_hotplug.elf.constants import PN_XNUM
 from crash_hotplug.elf.structs import Elf64_Ehdr, Elf64_Phdr
 from crash_hotplug.machine.kernel import KernelConfig, KernelState
-from crash_hotplug.machine.resource import walk_system_ram_res
+from crash_hotplug.machine.resource import system_ram_ranges, walk_system_ram_res
 from crash_hotplug.snapshot.reader import read_kernel_state
 
 __all__ = [
@@ -59,13 +59,38 @@ def prepare_elf_headers(state: KernelState, extra_exclusions: Sequence[tuple[int
     ``extra_exclusions`` is not upstream: the ``ours`` design cuts offline memory blocks out too
     (one more spare slot per exclusion, since each may split a range).
     """
+    key = _headers_key(state, extra_exclusions)
+    hit = _BUILT.get(key)
+    if hit is not None:
+        return hit
     cmem = fill_up_crash_elf_data(state)
     elf_header_exclude_ranges(state, cmem)
     if extra_exclusions:
         cmem.max_nr_ranges += len(extra_exclusions)
         for start, end in extra_exclusions:
             crash_exclude_mem_range(cmem, start, end, rewritten=True)
-    return crash_prepare_elf64_headers(state, cmem, need_kernel_map=True), cmem.nr_ranges
+    built = crash_prepare_elf64_headers(state, cmem, need_kernel_map=True), cmem.nr_ranges
+    if len(_BUILT) >= _BUILT_MAX:
+        del _BUILT[next(iter(_BUILT))]
+    _BUILT[key] = built
+    return built
+
+
+def _headers_key(state: KernelState, extra_exclusions: Sequence[tuple[int, int]]) -> tuple[object, ...]:
+    """Everything :func:`prepare_elf_headers` reads, by value: equal keys build equal bytes (the
+    possible CPUs size the buffer even where the present ones get the notes)."""
+    cpus = state.header_cpus
+    return (system_ram_ranges(state.iomem), state.config, state.crashk_res, state.crashk_low_res,
+            tuple(extra_exclusions), state.possible, cpus, tuple(state.crash_notes[c] for c in cpus),
+            state.crash_notes_size,
+            state.vmcoreinfo_paddr, state.vmcoreinfo_size, state.text_vaddr, state.text_paddr, state.text_size,
+            state.page_offset)
+
+
+#: the last few headers built, by everything they were built from (a hotplug storm rebuilds the
+#: same header for every block of a DIMM: on x86 the System RAM resource is the whole DIMM's)
+_BUILT: dict[tuple[object, ...], tuple[bytes, int]] = {}
+_BUILT_MAX = 8
 
 
 def crash_load_segments_memsz(config: KernelConfig, bufsz: int, nr_mem_ranges: int) -> int:

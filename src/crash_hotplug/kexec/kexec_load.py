@@ -53,7 +53,7 @@ from crash_hotplug.kexec.segments import kimage_load_segment
 from crash_hotplug.machine.kernel import KernelVersion
 from crash_hotplug.machine.machine import Machine
 from crash_hotplug.machine.physmem import PAGE_SIZE
-from crash_hotplug.machine.resource import walk_system_ram_res
+from crash_hotplug.machine.resource import system_ram_ranges, walk_system_ram_res
 
 __all__ = [
     "KEXEC_TOOLS_ELF_CORE_HEADER_ALIGN",
@@ -80,10 +80,24 @@ def _align(n: int, a: int) -> int:
 
 def _crash_memory_ranges(m: Machine) -> list[tuple[int, int]]:
     """``get_crash_memory_ranges`` + ``exclude_region``: System RAM lines minus ``Crash kernel``."""
-    ranges = list(walk_system_ram_res(m.iomem))
-    if m.crashk_res is None:
+    rams = system_ram_ranges(m.iomem)
+    last = _RANGES.get("last")
+    if last is not None and last[0] is rams and last[1] == m.crashk_res:
+        return list(last[2])
+    ranges = _exclude_crashkernel(list(rams), m.crashk_res)
+    _RANGES["last"] = (rams, m.crashk_res, tuple(ranges))
+    return ranges
+
+
+#: the last System RAM ranges (the tree's cached tuple, held so it cannot be reused), crashkernel
+#: region and what :func:`_crash_memory_ranges` made of them
+_RANGES: dict[str, tuple[tuple[tuple[int, int], ...], tuple[int, int] | None, tuple[tuple[int, int], ...]]] = {}
+
+
+def _exclude_crashkernel(ranges: list[tuple[int, int]], crashk: tuple[int, int] | None) -> list[tuple[int, int]]:
+    if crashk is None:
         return ranges
-    cs, ce = m.crashk_res
+    cs, ce = crashk
     out: list[tuple[int, int]] = []
     for s, e in ranges:
         if cs < e and ce > s:
@@ -103,6 +117,24 @@ def crash_create_elf64_headers(m: Machine, backup: tuple[int, int, int] | None =
     it now, padded to 1024 bytes. ``backup`` is (source start, source size, backup address)."""
     cpus = [(m.cpus.cpu(c).crash_notes, m.crash_notes_size) for c in m.cpus.present]
     ranges = _crash_memory_ranges(m)
+    key = (tuple(cpus), tuple(ranges), backup, m.vmcoreinfo_paddr, m.vmcoreinfo_size, m.text_paddr, m.text_vaddr,
+           m.text_size, m.page_offset)
+    hit = _HEADERS.get(key)
+    if hit is None:
+        hit = _build_elf64_headers(m, cpus, ranges, backup)
+        if len(_HEADERS) >= 8:
+            del _HEADERS[next(iter(_HEADERS))]
+        _HEADERS[key] = hit
+    return hit
+
+
+#: the last few headers :func:`crash_create_elf64_headers` built, by everything they were built
+#: from (a reload during a storm often sees the same memory as the last one)
+_HEADERS: dict[tuple[object, ...], bytes] = {}
+
+
+def _build_elf64_headers(m: Machine, cpus: list[tuple[int, int]], ranges: list[tuple[int, int]],
+                         backup: tuple[int, int, int] | None) -> bytes:
     text_size = _align(m.text_size, PAGE_SIZE)
     nr = len(cpus) + 1 + 1 + len(ranges)
     size = _align(Elf64_Ehdr.SIZE + nr * PHDR.size, KEXEC_TOOLS_ELF_CORE_HEADER_ALIGN)

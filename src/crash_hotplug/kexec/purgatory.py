@@ -12,6 +12,7 @@ the 32-byte digest under the kernel's names (``purgatory_sha_regions``,
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from collections.abc import Iterable, Sequence
@@ -124,6 +125,7 @@ def _align(n: int, a: int) -> int:
     return -(-n // a) * a if a > 1 else n
 
 
+@functools.lru_cache(maxsize=16)
 def build_purgatory(*, symbols: tuple[str, str] = KERNEL_SYMBOLS, text_size: int = 0x3000,
                     data_size: int = 0x1000, bss_size: int = 0x1000, entry: int = 0x160) -> bytes:
     """A purgatory object. Its loaded image is ``text_size + data_size`` bytes of buffer and
@@ -187,7 +189,19 @@ class PurgatoryObject:
 
     @classmethod
     def parse(cls, data: bytes) -> PurgatoryObject:
-        """Check that ``data`` is an x86_64 ELF64 relocatable object and read its tables."""
+        """Check that ``data`` is an x86_64 ELF64 relocatable object and read its tables (an object
+        parsed before is handed out again: it is immutable, and a reload parses the same bytes)."""
+        data = bytes(data)
+        hit = _PARSED.get(data)
+        if hit is None:
+            hit = cls._parse(data)
+            if len(_PARSED) >= 8:
+                del _PARSED[next(iter(_PARSED))]
+            _PARSED[data] = hit
+        return hit
+
+    @classmethod
+    def _parse(cls, data: bytes) -> PurgatoryObject:
         if len(data) < _EHDR.size or data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
             raise PurgatoryError("purgatory: not a little-endian ELF64 object")
         (_, e_type, e_machine, _, e_entry, _, e_shoff, _, _, _, _, e_shentsize, e_shnum,
@@ -223,6 +237,10 @@ class PurgatoryObject:
                 raise PurgatoryError(f"symbol {name} has bad section index {sym.st_shndx}")
             return sym
         raise PurgatoryError(f"purgatory has no global symbol {name}")
+
+
+#: objects parsed by :meth:`PurgatoryObject.parse`, by their bytes
+_PARSED: dict[bytes, PurgatoryObject] = {}
 
 
 @dataclass

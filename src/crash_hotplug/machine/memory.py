@@ -12,6 +12,7 @@ held are forgotten.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final, Protocol
@@ -24,7 +25,7 @@ from crash_hotplug.machine.notifier import (
     notifier_to_errno,
 )
 from crash_hotplug.machine.physmem import PAGE_SIZE, PhysMem
-from crash_hotplug.machine.resource import SYSTEM_RAM, Resource, walk_system_ram_res
+from crash_hotplug.machine.resource import SYSTEM_RAM, Resource, system_ram_ranges
 
 __all__ = [
     "AUTO_ONLINE_POLICIES",
@@ -201,7 +202,11 @@ class MemoryHotplug:
         return self.chain.call_chain(action, arg)
 
     def _ram_covers(self, addr: int) -> bool:
-        return any(s <= addr <= e for s, e in walk_system_ram_res(self.iomem))
+        # System RAM ranges are disjoint and in address order: the one that may hold addr is the
+        # last that starts at or below it
+        rams = system_ram_ranges(self.iomem)
+        i = bisect.bisect_right(rams, (addr, 1 << 64)) - 1
+        return i >= 0 and rams[i][0] <= addr <= rams[i][1]
 
     # -- blocks ------------------------------------------------------------------------------
     def block(self, index: int) -> MemoryBlock:
@@ -283,7 +288,14 @@ class MemoryHotplug:
         return dimm
 
     def dimm_blocks(self, name: str) -> list[int]:
-        return sorted(i for i, b in self.blocks.items() if b.dimm == name)
+        """The indices of the DIMM's memory blocks, in order (looked up over its range, not over
+        every block of the machine)."""
+        dimm = self.dimms.get(name)
+        if dimm is None:
+            return sorted(i for i, b in self.blocks.items() if b.dimm == name)
+        blocks = self.blocks
+        return [i for i in range(dimm.start // self.block_size, (dimm.end + 1) // self.block_size)
+                if i in blocks and blocks[i].dimm == name]
 
     def remove_memory(self, name: str) -> Dimm:
         """ACPI eject of a DIMM: offline every block (``acpi_scan_try_to_offline``; on a refusal the

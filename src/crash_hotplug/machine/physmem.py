@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+from collections import deque
+from itertools import repeat
 from typing import Final, Protocol
 
 __all__ = ["MODEL_STATE_FILE", "PAGE_SIZE", "MemoryReader", "PhysMem", "page_pattern"]
@@ -22,6 +24,12 @@ PAGE_SIZE: Final = 4096
 #: snapshot file (beside proc/ and sys/) that a model machine writes: JSON with at least
 #: ``{"memory_pattern_seed": int}``
 MODEL_STATE_FILE: Final = "var/lib/crash-hotplug/machine.json"
+
+
+#: ranges of this many bytes (at least, at most) read or written whole are remembered until memory
+#: under them changes, at most :data:`_HELD_MAX` of them
+_HELD_SIZES: Final = (2 * PAGE_SIZE, 2 << 20)
+_HELD_MAX: Final = 32
 
 
 class MemoryReader(Protocol):
@@ -46,6 +54,32 @@ class PhysMem:
         self._fills: list[tuple[int, int, bytes]] = []
         #: how many writes were made (cheap change detection for observers)
         self.writes = 0
+        #: what memory holds at (paddr, size), for large ranges just read or written whole, until
+        #: a change touches them: a digest of the kdump segments reads the same megabytes after
+        #: every header rewrite, and a reload writes the same segments where the last one did
+        self._held: dict[tuple[int, int], bytes] = {}
+
+    def _remember(self, paddr: int, data: bytes) -> None:
+        """Memory at ``paddr`` holds ``data`` (immutable) now."""
+        if _HELD_SIZES[0] <= len(data) <= _HELD_SIZES[1]:
+            if len(self._held) >= _HELD_MAX:
+                del self._held[next(iter(self._held))]
+            self._held[(paddr, len(data))] = data
+
+    def _holds(self, paddr: int, data: bytes) -> bool:
+        """Is ``data`` known to be what memory holds at ``paddr`` (a write of it would change nothing)?"""
+        held = self._held.get((paddr, len(data)))
+        return held is not None and (held is data or held == data)
+
+    def _changing(self, start: int, end: int, data: bytes | None = None) -> None:
+        """``[start, end)`` is about to change (to ``data``, when it is a write): forget what is
+        remembered over it. Every change of memory calls it first. A small write of what memory
+        already holds changes nothing and keeps the memory of the range around it."""
+        if self._held:
+            hit = [k for k in self._held if k[0] < end and start < k[0] + k[1]]
+            if hit and (data is None or len(data) > PAGE_SIZE or self._read(start, end - start) != data):
+                for k in hit:
+                    del self._held[k]
 
     def _unwritten(self, pfn: int) -> bytes:
         """What a page that holds no write reads as: its fill, or its pattern."""
@@ -67,6 +101,7 @@ class PhysMem:
             raise ValueError("a fill covers whole pages with one page of bytes")
         start, end = paddr // PAGE_SIZE, (paddr + size) // PAGE_SIZE
         self.writes += 1
+        self._changing(paddr, paddr + size)
         self._unfill(start, end)
         bisect.insort(self._fills, (start, end, bytes(page)))
         self._drop_pages(start, end)
@@ -74,8 +109,8 @@ class PhysMem:
     def _drop_pages(self, start: int, end: int) -> None:
         """Forget stored pages with pfn in ``[start, end)``."""
         if end - start < len(self._pages):
-            for pfn in range(start, end):
-                self._pages.pop(pfn, None)
+            # the pops run at C speed (a fill of a 2 MiB memmap is 512 of them)
+            deque(map(self._pages.pop, range(start, end), repeat(None)), maxlen=0)
         else:
             for pfn in [p for p in self._pages if start <= p < end]:
                 del self._pages[pfn]
@@ -99,6 +134,15 @@ class PhysMem:
     def read(self, paddr: int, size: int) -> bytes:
         if size <= 0:
             return b""
+        if not _HELD_SIZES[0] <= size <= _HELD_SIZES[1]:
+            return self._read(paddr, size)
+        data = self._held.get((paddr, size))
+        if data is None:
+            data = self._read(paddr, size)
+            self._remember(paddr, data)
+        return data
+
+    def _read(self, paddr: int, size: int) -> bytes:
         first, off = divmod(paddr, PAGE_SIZE)
         last = (paddr + size - 1) // PAGE_SIZE
         pages = self._pages
@@ -112,6 +156,10 @@ class PhysMem:
 
     def write(self, paddr: int, data: bytes) -> None:
         self.writes += 1
+        if self._held:
+            if self._holds(paddr, data):
+                return
+            self._changing(paddr, paddr + len(data), data)
         pos, i = paddr, 0
         while i < len(data):
             pfn, off = divmod(pos, PAGE_SIZE)
@@ -126,6 +174,7 @@ class PhysMem:
 
     def discard(self, start: int, end: int) -> None:
         """Forget writes to pages in ``[start, end]`` (memory that left the machine)."""
+        self._changing(start // PAGE_SIZE * PAGE_SIZE, (end // PAGE_SIZE + 1) * PAGE_SIZE)
         self._drop_pages(-(-start // PAGE_SIZE), end // PAGE_SIZE + 1)
         self._unfill(start // PAGE_SIZE, end // PAGE_SIZE + 1)
 

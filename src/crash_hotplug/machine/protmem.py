@@ -53,14 +53,25 @@ class GuardedPhysMem(PhysMem):
             if not (paddr + len(data) - 1 < rng[0] or paddr > rng[1]):
                 raise ProtectedMemoryWriteError(paddr, len(data), rng)
         self.writes += 1
+        if self._held:
+            if self._holds(paddr, data):
+                # memory holds these bytes already (a reload's segment where the last load put it)
+                return
+            self._changing(paddr, paddr + len(data), data)
         # whole pages are stored as they are (no need to start from the pattern)
         head = min(len(data), -paddr % PAGE_SIZE)
         if head:
             super().write(paddr, data[:head])
-        pos = head
-        view = memoryview(data)
-        while len(data) - pos >= PAGE_SIZE:
-            self._pages[(paddr + pos) // PAGE_SIZE] = bytearray(view[pos : pos + PAGE_SIZE])
-            pos += PAGE_SIZE
+        whole = (len(data) - head) // PAGE_SIZE
+        pos = head + whole * PAGE_SIZE
+        if whole:
+            # one bytearray per page, made and stored at C speed (a reload copies megabytes)
+            view = memoryview(data)
+            slices = map(slice, range(head, pos, PAGE_SIZE), range(head + PAGE_SIZE, pos + 1, PAGE_SIZE))
+            first = (paddr + head) // PAGE_SIZE
+            pages = map(bytearray, map(view.__getitem__, slices))
+            self._pages.update(zip(range(first, first + whole), pages, strict=True))
         if pos < len(data):
             super().write(paddr + pos, data[pos:])
+        if type(data) is bytes:
+            self._remember(paddr, data)

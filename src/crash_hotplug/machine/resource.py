@@ -17,6 +17,7 @@ __all__ = [
     "Resource",
     "iomem_render",
     "parse_iomem",
+    "system_ram_ranges",
     "walk_system_ram_res",
 ]
 
@@ -37,6 +38,9 @@ class Resource:
     end: int
     name: str
     children: list[Resource] = field(default_factory=list)
+    #: the last full System RAM walk of this tree: (tree generation, children list, its length, ranges)
+    _ram: tuple[int, list[Resource], int, tuple[tuple[int, int], ...]] | None = field(
+        default=None, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -65,6 +69,7 @@ class Resource:
     def insert(self, res: Resource) -> None:
         """``insert_resource``: place ``res`` at the deepest level that contains it; it adopts
         the siblings it covers. Raises ``ValueError`` on a partial overlap."""
+        _changed()
         for child in self.children:
             if child.start <= res.start and res.end <= child.end and (child.start, child.end) != (res.start, res.end):
                 child.insert(res)
@@ -83,6 +88,7 @@ class Resource:
 
     def remove(self, start: int, end: int, name: str) -> Resource:
         """``release_resource`` of the resource with that range and name (its children go with it)."""
+        _changed()
         for i, child in enumerate(self.children):
             if (child.start, child.end, child.name) == (start, end, name):
                 return self.children.pop(i)
@@ -157,6 +163,16 @@ def iomem_render(root: Resource) -> str:
     )
 
 
+#: bumped by every :meth:`Resource.insert` and :meth:`Resource.remove` anywhere, so a cached walk
+#: (:func:`walk_system_ram_res`) of a tree is known to be current
+_generation = 0
+
+
+def _changed() -> None:
+    global _generation
+    _generation += 1
+
+
 def _collect_ram(children: list[Resource], out: list[tuple[int, int]]) -> None:
     append = out.append
     for r in children:
@@ -168,6 +184,24 @@ def _collect_ram(children: list[Resource], out: list[tuple[int, int]]) -> None:
             _collect_ram(r.children, out)
 
 
+def system_ram_ranges(root: Resource) -> tuple[tuple[int, int], ...]:
+    """Every System RAM range of the tree, in address order (what :func:`walk_system_ram_res`
+    returns for the whole window), as a tuple that stays valid until the tree changes.
+
+    Not a kernel function: the walk is done once per change of the tree, since a tree changes
+    only through :meth:`Resource.insert` and :meth:`Resource.remove` (or, while it is built, by
+    appending to a children list, which a new root or a longer top-level list shows).
+    """
+    cached = root._ram
+    if (cached is not None and cached[0] == _generation and cached[1] is root.children
+            and cached[2] == len(root.children)):
+        return cached[3]
+    rams: list[tuple[int, int]] = []
+    _collect_ram(root.children, rams)
+    root._ram = (_generation, root.children, len(root.children), tuple(rams))
+    return root._ram[3]
+
+
 def walk_system_ram_res(root: Resource, start: int = 0, end: int = (1 << 64) - 1) -> list[tuple[int, int]]:
     """Inclusive ``(start, end)`` of each System RAM resource in the window (``walk_system_ram_res``).
 
@@ -175,8 +209,7 @@ def walk_system_ram_res(root: Resource, start: int = 0, end: int = (1 << 64) - 1
     moves forward and a nested tree's depth-first order is address order, one pass gives the same
     ranges.
     """
-    rams: list[tuple[int, int]] = []
-    _collect_ram(root.children, rams)
+    rams = list(system_ram_ranges(root))
     if start == 0 and end == (1 << 64) - 1:
         return rams
     out: list[tuple[int, int]] = []

@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from crash_hotplug.crash.arch import Outcome
-from crash_hotplug.crash.core import crash_exclude_mem_range
 from crash_hotplug.crash.ours import OursCrashHotplug
 from crash_hotplug.crash.vmcore import parse_elfcorehdr_param
 from crash_hotplug.crash.x86_64 import elf_header_exclude_ranges, fill_up_crash_elf_data
@@ -30,9 +29,10 @@ from crash_hotplug.legacy.kdumpctl import KdumpService
 from crash_hotplug.machine.clock import Clock
 from crash_hotplug.machine.kernel import START_KERNEL_MAP
 from crash_hotplug.machine.machine import Machine
-from crash_hotplug.machine.memory import MEM_OFFLINE, MEM_ONLINE, MemoryNotify
+from crash_hotplug.machine.memory import MEM_OFFLINE, MEM_ONLINE, Dimm, MemoryNotify
 from crash_hotplug.machine.notifier import NOTIFY_OK
 from crash_hotplug.machine.physmem import PAGE_SIZE
+from crash_hotplug.machine.resource import system_ram_ranges
 from crash_hotplug.scenario import ScenarioRun
 from crash_hotplug.sim.costs import CostModel
 from crash_hotplug.sim.plans import Plan, SimOp
@@ -91,10 +91,8 @@ class Timeline:
         return None
 
 
-def _ram_and_notes(mem_read: Callable[[int, int], bytes], addr: int) -> tuple[list[tuple[int, int]], set[int]]:
-    head = mem_read(addr, EHDR.size)
-    phnum = EHDR.unpack(head)[10]
-    table = mem_read(addr + EHDR.size, phnum * PHDR.size)
+def _ram_and_notes(table: bytes) -> tuple[list[tuple[int, int]], set[int]]:
+    """RAM ranges (above the first MiB) and note addresses of a program header table."""
     ram: list[tuple[int, int]] = []
     notes: set[int] = set()
     if len(table) % 8 == 0 and sys.byteorder == "little":
@@ -116,6 +114,92 @@ def _ram_and_notes(mem_read: Callable[[int, int], bytes], addr: int) -> tuple[li
     return ram, notes
 
 
+def _header_table(mem_read: Callable[[int, int], bytes], addr: int) -> bytes:
+    """The program header table of the ELF header at ``addr``."""
+    phnum = EHDR.unpack(mem_read(addr, EHDR.size))[10]
+    return mem_read(addr + EHDR.size, phnum * PHDR.size)
+
+
+class _BlockRuns:
+    """Offline memory blocks as sorted, disjoint runs of block indices ``[first, last]``, kept up
+    to date one block at a time (a storm onlines blocks next to each other, so there are few)."""
+
+    def __init__(self, indices: Iterable[int] = ()) -> None:
+        self.firsts: list[int] = []
+        self.lasts: list[int] = []
+        for i in sorted(indices):
+            if self.lasts and self.lasts[-1] + 1 == i:
+                self.lasts[-1] = i
+            else:
+                self.firsts.append(i)
+                self.lasts.append(i)
+
+    def add(self, i: int) -> None:
+        k = bisect.bisect_right(self.firsts, i) - 1
+        if k >= 0 and self.lasts[k] >= i:
+            return
+        left = k >= 0 and self.lasts[k] + 1 == i
+        right = k + 1 < len(self.firsts) and self.firsts[k + 1] == i + 1
+        if left and right:
+            self.lasts[k] = self.lasts[k + 1]
+            del self.firsts[k + 1], self.lasts[k + 1]
+        elif left:
+            self.lasts[k] = i
+        elif right:
+            self.firsts[k + 1] = i
+        else:
+            self.firsts.insert(k + 1, i)
+            self.lasts.insert(k + 1, i)
+
+    def discard(self, i: int) -> None:
+        k = bisect.bisect_right(self.firsts, i) - 1
+        if k < 0 or self.lasts[k] < i:
+            return
+        first, last = self.firsts[k], self.lasts[k]
+        if first == last:
+            del self.firsts[k], self.lasts[k]
+        elif i == first:
+            self.firsts[k] = i + 1
+        elif i == last:
+            self.lasts[k] = i - 1
+        else:
+            self.lasts[k] = i - 1
+            self.firsts.insert(k + 1, i + 1)
+            self.lasts.insert(k + 1, last)
+
+    def ranges(self, size: int) -> list[tuple[int, int]]:
+        """Inclusive byte ranges of the runs for blocks of ``size`` bytes."""
+        return [(f * size, (last + 1) * size - 1) for f, last in zip(self.firsts, self.lasts, strict=True)]
+
+
+def _cut(base: list[tuple[int, int]], starts: list[int], ends: list[int],
+         cuts: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """``base`` (sorted, disjoint; ``starts``/``ends`` its columns) with every sorted, disjoint
+    inclusive range of ``cuts`` cut out, range by range as ``crash_exclude_mem_range`` (6.8+)
+    cuts them one after another: a range covered is dropped, one cut inside is split, one
+    overlapped at an end is trimmed. Only the ranges a cut touches are visited."""
+    affected = sorted({x for cs, ce in cuts
+                       for x in range(bisect.bisect_left(ends, cs), bisect.bisect_right(starts, ce))})
+    out: list[tuple[int, int]] = []
+    prev = 0
+    for x in affected:
+        out += base[prev:x]
+        s, e = base[x]
+        for cs, ce in cuts:
+            if ce < s or cs > e:
+                continue
+            if cs > s:
+                out.append((s, cs - 1))
+            s = ce + 1
+            if s > e:
+                break
+        if s <= e:
+            out.append((s, e))
+        prev = x + 1
+    out += base[prev:]
+    return out
+
+
 def _header_addr(image: Kimage) -> int:
     """Where the capture kernel would find the header: the active slot of the elfcorehdr segment,
     else what ``elfcorehdr=`` says (a ``kexec_load`` image), as the panic path finds it."""
@@ -134,9 +218,11 @@ LOW_1M = 1 << 20
 class _Observer:
     """Records (time, loaded, true) whenever something a panic depends on changed.
 
-    Incremental: the header in memory is parsed again only when the image, its active slot or
-    memory was written since, and the header the machine needs is rebuilt only when memory or
-    the online CPUs changed; otherwise a check is a few comparisons."""
+    Incremental: the header in memory is read again only when the image, its active slot or
+    memory was written since, and parsed again only when its bytes differ from the last parse;
+    the memory the machine needs described is the System RAM the kernel's builder starts from
+    (recomputed only when the iomem tree changed) minus the offline blocks (kept as runs from the
+    notifier), and the CPU notes are looked up again only when the online CPUs changed."""
 
     def __init__(self, run: ScenarioRun) -> None:
         self.run = run
@@ -144,12 +230,18 @@ class _Observer:
         self.event_times: list[float] = []
         self._memory_changes = 0
         self._hdr_key: tuple[object, ...] | None = None
+        self._table: bytes | None = None
         self._hdr: tuple[list[tuple[int, int]], set[int]] = ([], set())
         self._want_key: tuple[object, ...] | None = None
-        self._want: tuple[list[tuple[int, int]], tuple[int, ...]] = ([], ())
+        self._want: list[tuple[int, int]] = []
+        self._base_key: tuple[object, ...] | None = None
+        self._base: tuple[list[tuple[int, int]], list[int], list[int]] = ([], [], [])
+        self._notes_key: tuple[int, ...] | None = None
+        self._notes: tuple[int, ...] = ()
         self._last: tuple[object, ...] | None = None
-        self._offline: set[int] | None = None
+        self._offline: _BlockRuns | None = None
         self._nblocks = 0
+        self._dimms: dict[str, Dimm] = {}
         run.machine.register_memory_notifier(self._memory_changed, -(1 << 31), "simulation observer")
 
     def _memory_changed(self, action: int, arg: MemoryNotify) -> int:
@@ -161,18 +253,43 @@ class _Observer:
 
     def _offline_ranges(self) -> list[tuple[int, int]]:
         """Offline blocks (kept up to date from the notifier; rebuilt when blocks come or go)."""
-        blocks = self.run.machine.memory.blocks
+        memory = self.run.machine.memory
+        blocks = memory.blocks
         if self._offline is None or len(blocks) != self._nblocks:
-            self._offline = {i for i, b in blocks.items() if not b.online}
-            self._nblocks = len(blocks)
-        size = self.run.machine.memory.block_size
-        out: list[tuple[int, int]] = []
-        for i in sorted(self._offline):
-            if out and out[-1][1] + 1 == i * size:
-                out[-1] = (out[-1][0], (i + 1) * size - 1)
+            dimms = memory.dimms
+            gone = [d for name, d in self._dimms.items() if dimms.get(name) is not d]
+            new = [d for name, d in dimms.items() if self._dimms.get(name) is not d]
+            bs = memory.block_size
+            if self._offline is None or not (gone or new):
+                self._offline = _BlockRuns(i for i, b in blocks.items() if not b.online)
             else:
-                out.append((i * size, (i + 1) * size - 1))
-        return out
+                # only the blocks of DIMMs that came or went changed (a storm adds hundreds)
+                for d in gone:
+                    for i in range(d.start // bs, (d.end + 1) // bs):
+                        self._offline.discard(i)
+                for d in new:
+                    for i in range(d.start // bs, (d.end + 1) // bs):
+                        b = blocks.get(i)
+                        if b is not None and not b.online:
+                            self._offline.add(i)
+            self._dimms = dict(dimms)
+            self._nblocks = len(blocks)
+        return self._offline.ranges(memory.block_size)
+
+    def _base_ranges(self) -> tuple[list[tuple[int, int]], list[int], list[int]]:
+        """The ranges the kernel's own builder describes before offline memory is considered: its
+        range steps (System RAM, less the first MiB and the crashkernel regions) over the iomem
+        tree, redone only when the tree changed; clipped to the compared part (above 1 MiB)."""
+        m = self.run.machine
+        key = (system_ram_ranges(m.iomem), m.crashk_res, m.crashk_low_res, m.config)
+        if self._base_key is None or key[0] is not self._base_key[0] or key[1:] != self._base_key[1:]:
+            self._base_key = key
+            state = m.kernel_state(snapshot=False)
+            cmem = fill_up_crash_elf_data(state)
+            elf_header_exclude_ranges(state, cmem)
+            base = sorted((max(s, LOW_1M), e) for s, e in cmem.ranges if e >= LOW_1M)
+            self._base = (base, [s for s, _ in base], [e for _, e in base])
+        return self._base
 
     def event(self) -> None:
         self.event_times.append(self.run.machine.clock.now)
@@ -187,32 +304,32 @@ class _Observer:
             elif not self.states:
                 self._record(m.clock.now, False, False)
             return
+        online = m.cpus.online
         hdr_key = (id(image), image.elfcorehdr_active, m.mem.writes)
-        want_key = (self._memory_changes, len(m.memory.blocks), len(m.iomem.children), m.cpus.online)
+        want_key = (self._memory_changes, len(m.memory.blocks), len(m.iomem.children), online)
         if (hdr_key, want_key) == self._last:
             return
         self._last = (hdr_key, want_key)
         if hdr_key != self._hdr_key:
             self._hdr_key = hdr_key
-            ram, notes = _ram_and_notes(m.mem.read, _header_addr(image))
-            self._hdr = (sorted(ram), notes)
+            table = _header_table(m.mem.read, _header_addr(image))
+            if table != self._table:
+                self._table = table
+                ram, notes = _ram_and_notes(table)
+                self._hdr = (sorted(ram), notes)
         if want_key != self._want_key:
             self._want_key = want_key
             # the memory ranges the kernel's own builder would describe with offline blocks cut
-            # out (its range steps, without serialising a header only to parse it back)
-            state = m.kernel_state(snapshot=False)
-            cmem = fill_up_crash_elf_data(state)
-            elf_header_exclude_ranges(state, cmem)
+            # out (without serialising a header only to parse it back)
+            base, starts, ends = self._base_ranges()
             offline = self._offline_ranges()
-            cmem.max_nr_ranges += len(offline)
-            for start, end in offline:
-                crash_exclude_mem_range(cmem, start, end, rewritten=True)
-            want_ram = [(max(s, LOW_1M), e) for s, e in cmem.ranges if e >= LOW_1M]
-            cpu_notes = m.crash_notes()
-            self._want = (sorted(want_ram), tuple(cpu_notes[c] for c in m.cpus.online))
+            self._want = _cut(base, starts, ends, offline) if offline else base
+            if online != self._notes_key:
+                self._notes_key = online
+                cpu_notes = m.crash_notes()
+                self._notes = tuple(cpu_notes[c] for c in online)
         ram, notes = self._hdr
-        want_ram, want_notes = self._want
-        true = ram == want_ram and all(n in notes for n in want_notes)
+        true = ram == self._want and all(n in notes for n in self._notes)
         self._record(m.clock.now, True, true)
 
     def _record(self, t: float, loaded: bool, true: bool) -> None:
