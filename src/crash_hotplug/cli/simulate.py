@@ -14,10 +14,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from crash_hotplug.cli.common import err, fails_cleanly, out, output_file, write_output
-from crash_hotplug.fileio import LOG_LIMIT, iter_lines
+from crash_hotplug.fileio import LOG_LIMIT, iter_lines, read_limited
+from crash_hotplug.machine.pseries import LMB_SIZE
 from crash_hotplug.sim.costs import CostModel, load_costs
 from crash_hotplug.sim.engine import APPROACHES
 from crash_hotplug.sim.plans import (
+    GIB,
     MAX_CPUS,
     MAX_TIME_S,
     Plan,
@@ -29,6 +31,7 @@ from crash_hotplug.sim.plans import (
     resize_plan,
     with_reloads,
 )
+from crash_hotplug.sim.ppc64 import NOT_ON_PPC64, PPC64_APPROACHES, Ppc64Guest
 from crash_hotplug.sim.run import Comparison, compare
 from crash_hotplug.sim.units import fmt_duration, fmt_num, unit_for
 
@@ -98,8 +101,12 @@ def _report(c: Comparison, *, wide: bool, costs_table: bool) -> None:
     p = c.plan
     ms = c.metrics
     storm = max(m.storm_s for m in ms)
-    out.print(f"[bold]{p.describe()}[/bold]")
+    where = "" if c.guest is None else f" on ppc64le ({c.guest.root})"
+    out.print(f"{p.describe()}{where}", style="bold", markup=False)
     out.print(c.costs.summary(), style="dim", markup=False)
+    note = c.costs_note()
+    if note is not None:
+        out.print(note, style="dim", markup=False)
     out.print(f"storm spans {fmt_duration(storm)} (planned {fmt_duration(p.last_event)}); {c.panics} panics "
               f"over {fmt_duration(ms[0].horizon_s)} (seed {c.seed})")
     out.print(_table(c, wide))
@@ -115,12 +122,17 @@ def _report(c: Comparison, *, wide: bool, costs_table: bool) -> None:
 
 
 def _run(plan: Plan, approaches: tuple[str, ...], panics: int, seed: int, costs: CostModel,
-         as_json: bool, plot: Path | None, wide: bool = False, costs_table: bool = False) -> None:
-    chosen = approaches or APPROACHES
+         as_json: bool, plot: Path | None, wide: bool = False, costs_table: bool = False,
+         guest: Ppc64Guest | None = None) -> None:
+    chosen = approaches or (APPROACHES if guest is None else PPC64_APPROACHES)
+    if guest is not None:
+        for a in chosen:
+            if a in NOT_ON_PPC64:
+                raise click.UsageError(f"--approach {a}: not modelled on ppc64le ({NOT_ON_PPC64[a]})")
     with Progress(TextColumn("{task.description:<18}"), BarColumn(), TextColumn("{task.completed}/{task.total} ops"),
                   TimeElapsedColumn(), console=err, transient=True, disable=as_json or not err.is_terminal) as bar:
         tasks = {a: bar.add_task(a, total=len(plan.ops)) for a in chosen}
-        c = compare(plan, chosen, costs=costs, panics=panics, seed=seed,
+        c = compare(plan, chosen, costs=costs, panics=panics, seed=seed, guest=guest,
                     on_progress=lambda a, done, total: bar.update(tasks[a], completed=done))
     if plot is not None:
         from crash_hotplug.sim.plot import plot_timelines
@@ -155,10 +167,11 @@ def _options(fn: F) -> F:
 
 
 def _go(plan: Plan | Callable[[CostModel], Plan], approaches: tuple[str, ...], panics: int, seed: int,
-        costs_spec: str | None, costs_table: bool, wide: bool, as_json: bool, plot: Path | None) -> None:
+        costs_spec: str | None, costs_table: bool, wide: bool, as_json: bool, plot: Path | None,
+        guest: Ppc64Guest | None = None) -> None:
     costs = load_costs(costs_spec)
     the_plan = plan(costs) if callable(plan) else plan
-    _run(the_plan, approaches, panics, seed, costs, as_json, plot, wide=wide, costs_table=costs_table)
+    _run(the_plan, approaches, panics, seed, costs, as_json, plot, wide=wide, costs_table=costs_table, guest=guest)
 
 
 @click.group()
@@ -168,27 +181,57 @@ def simulate() -> None:
 
 
 @simulate.command("resize")
-@click.option("--from", "size_from", default="32G", show_default=True)
+@click.option("--from", "size_from", default=None, help="[default: 32G; ppc64le: the guest's memory]")
 @click.option("--to", "size_to", default="512G", show_default=True)
 @click.option("--dimm", default="2G", show_default=True, help="Size of each hot-added (or removed) DIMM.")
-@click.option("--block", default="128M", show_default=True,
-              help="Memory block size: a power of two, 128M to 2G (x86_64).")
+@click.option("--block", default=None,
+              help="Memory block size: a power of two, 128M to 2G (x86_64; default 128M). ppc64le: the 256M LMB.")
 @click.option("--kernel", type=click.Choice(["6.12.43", "6.12"]), default="6.12.43", show_default=True)
 @click.option("--reload-at", "reload_at", type=click.FloatRange(min=0, max=MAX_TIME_S), multiple=True,
               metavar="SECONDS", help="Also run `kdumpctl reload` at this time (repeatable).")
+@click.option("--memmap-on-memory", is_flag=True,
+              help="Boot with memory_hotplug.memmap_on_memory=1: added memory holds its own struct pages "
+                   "(needed beyond about 64x the boot memory).")
+@click.option("--arch", type=click.Choice(["x86_64", "ppc64le"]), default="x86_64", show_default=True,
+              help="ppc64le: a pseries guest from --root (kexec_load; DLPAR one LMB at a time); "
+                   "approaches legacy, legacy-throttled, upstream.")
+@click.option("--root", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="ppc64le: the snapshot the guest starts from.")
+@click.option("--fdt", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="ppc64le: the crash kernel's FDT kexec-tools loads.")
 @_options
 @fails_cleanly
-def resize(size_from: str, size_to: str, dimm: str, block: str, kernel: str, reload_at: tuple[float, ...],
+def resize(size_from: str | None, size_to: str, dimm: str, block: str | None, kernel: str,
+           reload_at: tuple[float, ...], memmap_on_memory: bool, arch: str, root: Path | None, fdt: Path | None,
            **kw: Any) -> None:
     """Resize a guest's memory in DIMMs (32G -> 512G at 128 MiB blocks is 3840 events)."""
-    sizes = (parse_size(size_from, "--from"), parse_size(size_to, "--to"), parse_size(dimm, "--dimm"),
-             parse_size(block, "--block"))
+    guest: Ppc64Guest | None = None
+    if arch == "ppc64le":
+        if root is None or fdt is None:
+            raise click.UsageError("--arch ppc64le needs --root (the guest's snapshot) and --fdt (the crash FDT)")
+        if block is not None and parse_size(block, "--block") != LMB_SIZE:
+            raise click.UsageError(f"--block: ppc64le storms are in {LMB_SIZE >> 20}M LMBs")
+        if memmap_on_memory:
+            raise click.UsageError("--memmap-on-memory: the pseries guest's struct pages are not modelled")
+        guest = Ppc64Guest(root, read_limited(fdt, 16 << 20))
+        booted, cpus, possible, kernel = guest.facts()
+        size_from = size_from or f"{booted}"
+        grows = parse_size(size_from, "--from") == booted
+        if not grows and parse_size(size_to, "--to") != booted:
+            raise click.UsageError(f"--from/--to: the guest in {root} boots with {booted / GIB:g}G: grow from it, "
+                                   "or shrink back to it from more (--from larger, --to that size)")
+        block = f"{LMB_SIZE}"
+    else:
+        cpus, possible = 4, 64
+    sizes = (parse_size(size_from or "32G", "--from"), parse_size(size_to, "--to"), parse_size(dimm, "--dimm"),
+             parse_size(block or "128M", "--block"))
 
     def plan(costs: CostModel) -> Plan:
-        p = resize_plan(sizes[0], sizes[1], dimm=sizes[2], block=sizes[3], kernel=kernel, costs=costs)
+        p = resize_plan(sizes[0], sizes[1], dimm=sizes[2], block=sizes[3], kernel=kernel, costs=costs,
+                        memmap_on_memory=memmap_on_memory, cpus=cpus, possible=possible)
         return with_reloads(p, reload_at)
 
-    _go(plan, **kw)
+    _go(plan, guest=guest, **kw)
 
 
 @simulate.command("cpu")

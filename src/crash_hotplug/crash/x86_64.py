@@ -81,7 +81,7 @@ def _headers_key(state: KernelState, extra_exclusions: Sequence[tuple[int, int]]
     possible CPUs size the buffer even where the present ones get the notes)."""
     cpus = state.header_cpus
     return (system_ram_ranges(state.iomem), state.config, state.crashk_res, state.crashk_low_res,
-            tuple(extra_exclusions), state.possible, cpus, tuple(state.crash_notes[c] for c in cpus),
+            tuple(extra_exclusions), state.possible, cpus, tuple(map(state.crash_notes.__getitem__, cpus)),
             state.crash_notes_size,
             state.vmcoreinfo_paddr, state.vmcoreinfo_size, state.text_vaddr, state.text_paddr, state.text_size,
             state.page_offset)

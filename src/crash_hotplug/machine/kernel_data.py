@@ -155,6 +155,11 @@ class KernelData:
     #: boot RAM the memmap allocator may use, and the inclusive ranges already taken
     _free_ram: list[tuple[int, int]] = field(default_factory=list, init=False, repr=False)
     _used: list[tuple[int, int]] = field(default_factory=list, init=False, repr=False)
+    #: ``memory_hotplug.memmap_on_memory``: the memory block size when hot-added memory carries its
+    #: own ``struct page`` array at the start of each block (``mhp_supports_memmap_on_memory``,
+    #: the vmemmap altmap), 0 when it comes from boot RAM
+    memmap_on_memory: int = field(default=0, init=False)
+    _memmap_page_cache: tuple[tuple[str | None, ...], bytes] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._brk_next = self.brk[0]
@@ -336,7 +341,12 @@ class KernelData:
         return bytes(page)
 
     def _memmap_page(self) -> bytes:
-        return self.struct_page() * (PAGE_SIZE // _num(self.items, "SIZE(page)"))
+        """A page of ``struct page`` (the same bytes every time the items are: made once)."""
+        key = tuple(self.items.get(k) for k in ("SIZE(page)", "OFFSET(page._refcount)", "OFFSET(page._mapcount)"))
+        if self._memmap_page_cache is None or self._memmap_page_cache[0] != key:
+            page = self.struct_page() * (PAGE_SIZE // _num(self.items, "SIZE(page)"))
+            self._memmap_page_cache = (key, page)
+        return self._memmap_page_cache[1]
 
     def _take(self, r: tuple[int, int]) -> None:
         """Mark the inclusive range used (``_used`` stays sorted and disjoint)."""
@@ -368,7 +378,8 @@ class KernelData:
                     self._take((cand, cand + size - 1))
                     return cand
                 cand = (clash[0] - size) // _PMD_SIZE * _PMD_SIZE
-        raise KernelDataError(f"no free {size >> 20} MiB of boot RAM for struct pages")
+        raise KernelDataError(f"no free {size >> 20} MiB of boot RAM for struct pages (hot-added memory "
+                              "needs boot memory for its struct pages unless memory_hotplug.memmap_on_memory=1)")
 
     def _free(self, r: tuple[int, int]) -> None:
         """Give an inclusive range back (the part of a used range it covers)."""
@@ -453,10 +464,19 @@ class KernelData:
         """``init_memory_mapping`` for the range, then ``sparse_add_section`` for each section."""
         end = start + size - 1
         self._map_direct([(start, end)])
+        bits = self.section_size_bits
         for nr in self._section_range(start, end):
             if nr not in self.memmap:
-                self._populate_memmap(nr, self._alloc_memmap(_PMD_MEMMAP))
+                self._populate_memmap(nr, self._memmap_on_memory(nr << bits) if self.memmap_on_memory
+                                      else self._alloc_memmap(_PMD_MEMMAP))
             self._set_section(nr, SECTION_MARKED_PRESENT | SECTION_HAS_MEM_MAP)
+
+    def _memmap_on_memory(self, section: int) -> int:
+        """Where the section's ``struct page`` array lies with ``memmap_on_memory``: its block's
+        array is at the start of the block, one 2 MiB part per section in order (``altmap``)."""
+        block = self.memmap_on_memory
+        first = section // block * block
+        return first + (section - first) // (1 << self.section_size_bits) * _PMD_MEMMAP
 
     def arch_remove_memory(self, start: int, size: int) -> None:
         """``sparse_remove_section`` (the section's ``section_mem_map`` back to 0), then

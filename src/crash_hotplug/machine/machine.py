@@ -15,6 +15,7 @@ import contextlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import Any, Final, Protocol
 
 from crash_hotplug.elf.prstatus import CRASH_CORE_NOTE_BYTES
@@ -40,6 +41,9 @@ from crash_hotplug.machine.profiles import KernelProfile, profile_for
 from crash_hotplug.machine.protmem import GuardedPhysMem
 from crash_hotplug.machine.resource import CRASH_KERNEL, SYSTEM_RAM, Resource, walk_system_ram_res
 from crash_hotplug.machine.uevent import Uevent, UeventBus
+
+#: a CPU's ``crash_notes`` address, read at C speed
+_CRASH_NOTES = attrgetter("crash_notes")
 
 __all__ = [
     "GIB",
@@ -137,6 +141,8 @@ class Machine:
     #: the kernel structures a dump tool reads (``init_uts_ns``, page tables, ``mem_section``);
     #: modelled for machines of a known kernel profile
     kdata: KernelData | None = None
+    #: booted with ``memory_hotplug.memmap_on_memory=1`` (hot-added blocks carry their own memmap)
+    memmap_on_memory: bool = False
     _boot_cache: tuple[tuple[tuple[int, int], ...], tuple[int, ...], Mapping[int, int]] | None = field(
         default=None, repr=False, compare=False)
     uevents: UeventBus = field(default_factory=UeventBus)
@@ -180,7 +186,8 @@ class Machine:
     def _boot_layout(self) -> tuple[tuple[int, ...], Mapping[int, int]]:
         """Possible CPUs and their ``crash_notes`` addresses: fixed from boot, so handed out as the
         same objects every time (the header builder reuses its packed CPU notes for them)."""
-        key = tuple((c, s.crash_notes) for c, s in self.cpus.cpus.items())
+        cpus = self.cpus.cpus
+        key = tuple(zip(cpus, map(_CRASH_NOTES, cpus.values()), strict=True))
         if self._boot_cache is None or self._boot_cache[0] != key:
             self._boot_cache = (key, self.cpus.possible, dict(key))
         return self._boot_cache[1], self._boot_cache[2]
@@ -277,6 +284,8 @@ class Machine:
         reserved += [(a, a + self.crash_notes_size - 1) for a in self.crash_notes().values() if a]
         self.kdata.boot(self.release, version.group(0) if version else "#1 SMP", self.system_ram(),
                         self.text_paddr + self.text_size, hot_added=dimms, online=online, reserved=reserved)
+        if self.memmap_on_memory:
+            self.kdata.memmap_on_memory = self.memory.block_size
         self.memory.arch = self.kdata
 
     def crash_save_vmcoreinfo(self, crashtime: int) -> None:
@@ -384,10 +393,12 @@ class Machine:
     @classmethod
     def new(cls, *, mem_gib: float = 2, cpus: int = 2, possible: int = 8, crashkernel: str | None = "256M",
             kernel: str = "6.12.43", seed: int = 0, block_size: int = MEMORY_BLOCK_SIZE,
-            auto_online_blocks: str = "online_movable", maxmem_gib: int = 16, slots: int = 8) -> Machine:
+            auto_online_blocks: str = "online_movable", maxmem_gib: int = 16, slots: int = 8,
+            memmap_on_memory: bool = False) -> Machine:
         """A QEMU ``pc``-like machine: ``-m {mem_gib}G,slots={slots},maxmem={maxmem_gib}G -smp
         {cpus},maxcpus={possible}``, booted with ``crashkernel=... nokaslr memhp_default_state=...``
-        on the kernel build ``kernel`` (``6.12.43``, ``6.12``, ``6.1``)."""
+        (and ``memory_hotplug.memmap_on_memory=1`` with ``memmap_on_memory``) on the kernel build
+        ``kernel`` (``6.12.43``, ``6.12``, ``6.1``)."""
         prof = profile_for(kernel)
         if not 1 <= cpus <= possible:
             raise MachineError(f"need 1 <= cpus ({cpus}) <= possible ({possible})")
@@ -435,7 +446,8 @@ class Machine:
             "pcpu-alloc: [0] " + " ".join(str(c) for c in range(possible)) + " ",
         ]
         cmdline = (f"console=ttyS0{f' crashkernel={crashkernel}' if crashkernel else ''} nokaslr "
-                   f"memhp_default_state={auto_online_blocks} panic=0 loglevel=7")
+                   f"memhp_default_state={auto_online_blocks}"
+                   f"{' memory_hotplug.memmap_on_memory=1' if memmap_on_memory else ''} panic=0 loglevel=7")
         m = cls(
             config=config, release=prof.release, banner=prof.banner, cmdline=cmdline, cpus=hp, memory=memory,
             mem=mem, text_vaddr=prof.text_vaddr, text_paddr=prof.text_paddr, etext_size=prof.etext,
@@ -443,6 +455,7 @@ class Machine:
             vmcoreinfo_size=VMCOREINFO_NOTE_SIZE, crashk_res=crashk, crashk_low_res=crashk_low,
             pcpu=parse_pcpu_alloc("\n".join(pcpu_lines)),
             dimm_base=dimm_base, dimm_limit=dimm_limit, dimm_slots=slots, profile=prof.key,
+            memmap_on_memory=memmap_on_memory,
         )
         m.printk(prof.banner)
         m.printk(f"Command line: {cmdline}")

@@ -58,6 +58,18 @@ class PhysMem:
         #: a change touches them: a digest of the kdump segments reads the same megabytes after
         #: every header rewrite, and a reload writes the same segments where the last one did
         self._held: dict[tuple[int, int], bytes] = {}
+        self._held_lo = 1 << 64
+        self._held_hi = 0
+        #: every pfn ever stored in :attr:`_pages` lies in ``[_pages_lo, _pages_hi)``
+        self._pages_lo = 1 << 64
+        self._pages_hi = 0
+
+    def _page_span(self, first: int, end: int) -> None:
+        """Pages ``[first, end)`` were stored."""
+        if first < self._pages_lo:
+            self._pages_lo = first
+        if end > self._pages_hi:
+            self._pages_hi = end
 
     def _remember(self, paddr: int, data: bytes) -> None:
         """Memory at ``paddr`` holds ``data`` (immutable) now."""
@@ -65,6 +77,10 @@ class PhysMem:
             if len(self._held) >= _HELD_MAX:
                 del self._held[next(iter(self._held))]
             self._held[(paddr, len(data))] = data
+            # bounds of every range remembered since the memory was last empty (a change outside
+            # them needs no look at each)
+            self._held_lo = min(self._held_lo, paddr)
+            self._held_hi = max(self._held_hi, paddr + len(data))
 
     def _holds(self, paddr: int, data: bytes) -> bool:
         """Is ``data`` known to be what memory holds at ``paddr`` (a write of it would change nothing)?"""
@@ -75,7 +91,7 @@ class PhysMem:
         """``[start, end)`` is about to change (to ``data``, when it is a write): forget what is
         remembered over it. Every change of memory calls it first. A small write of what memory
         already holds changes nothing and keeps the memory of the range around it."""
-        if self._held:
+        if self._held and start < self._held_hi and self._held_lo < end:
             hit = [k for k in self._held if k[0] < end and start < k[0] + k[1]]
             if hit and (data is None or len(data) > PAGE_SIZE or self._read(start, end - start) != data):
                 for k in hit:
@@ -93,6 +109,7 @@ class PhysMem:
         if page is None:
             page = bytearray(self._unwritten(pfn))
             self._pages[pfn] = page
+            self._page_span(pfn, pfn + 1)
         return page
 
     def fill(self, paddr: int, size: int, page: bytes) -> None:
@@ -108,6 +125,9 @@ class PhysMem:
 
     def _drop_pages(self, start: int, end: int) -> None:
         """Forget stored pages with pfn in ``[start, end)``."""
+        start, end = max(start, self._pages_lo), min(end, self._pages_hi)
+        if end <= start:
+            return
         if end - start < len(self._pages):
             # the pops run at C speed (a fill of a 2 MiB memmap is 512 of them)
             deque(map(self._pages.pop, range(start, end), repeat(None)), maxlen=0)
@@ -160,6 +180,10 @@ class PhysMem:
             if self._holds(paddr, data):
                 return
             self._changing(paddr, paddr + len(data), data)
+        self._store(paddr, data)
+
+    def _store(self, paddr: int, data: bytes) -> None:
+        """Put ``data`` in the pages (what a write does once it is known to be allowed)."""
         pos, i = paddr, 0
         while i < len(data):
             pfn, off = divmod(pos, PAGE_SIZE)

@@ -60,8 +60,17 @@ class GuardedPhysMem(PhysMem):
             self._changing(paddr, paddr + len(data), data)
         # whole pages are stored as they are (no need to start from the pattern)
         head = min(len(data), -paddr % PAGE_SIZE)
+        if head == 0 and len(data) == PAGE_SIZE:
+            # one whole page (a header page copied by the hotplug handler)
+            self._pages[paddr // PAGE_SIZE] = bytearray(data)
+            self._page_span(paddr // PAGE_SIZE, paddr // PAGE_SIZE + 1)
+            return
+        if head == len(data):
+            # within one page (the 8-byte table entries, the notes)
+            self._store(paddr, data)
+            return
         if head:
-            super().write(paddr, data[:head])
+            self._store(paddr, data[:head])
         whole = (len(data) - head) // PAGE_SIZE
         pos = head + whole * PAGE_SIZE
         if whole:
@@ -71,7 +80,8 @@ class GuardedPhysMem(PhysMem):
             first = (paddr + head) // PAGE_SIZE
             pages = map(bytearray, map(view.__getitem__, slices))
             self._pages.update(zip(range(first, first + whole), pages, strict=True))
+            self._page_span(first, first + whole)
         if pos < len(data):
-            super().write(paddr + pos, data[pos:])
+            self._store(paddr + pos, data[pos:])
         if type(data) is bytes:
             self._remember(paddr, data)

@@ -35,7 +35,8 @@ from crash_hotplug.machine.physmem import PAGE_SIZE
 from crash_hotplug.machine.resource import system_ram_ranges
 from crash_hotplug.scenario import ScenarioRun
 from crash_hotplug.sim.costs import CostModel
-from crash_hotplug.sim.plans import Plan, SimOp
+from crash_hotplug.sim.plans import GIB, Plan, SimOp
+from crash_hotplug.sim.ppc64 import Ppc64Guest, Ppc64SimRun, ppc64_base_ranges, start_ppc64
 
 __all__ = ["APPROACHES", "SimError", "Timeline", "simulate"]
 
@@ -224,8 +225,11 @@ class _Observer:
     (recomputed only when the iomem tree changed) minus the offline blocks (kept as runs from the
     notifier), and the CPU notes are looked up again only when the online CPUs changed."""
 
-    def __init__(self, run: ScenarioRun) -> None:
+    def __init__(self, run: ScenarioRun | Ppc64SimRun) -> None:
         self.run = run
+        #: on ppc64le headers are compared by what they cover outside the crashkernel region:
+        #: kexec-tools writes RTAS (which lies in it) page-rounded, the kernel exactly
+        self._ppc64 = isinstance(run, Ppc64SimRun)
         self.states: list[tuple[float, bool, bool]] = []
         self.event_times: list[float] = []
         self._memory_changes = 0
@@ -284,12 +288,32 @@ class _Observer:
         key = (system_ram_ranges(m.iomem), m.crashk_res, m.crashk_low_res, m.config)
         if self._base_key is None or key[0] is not self._base_key[0] or key[1:] != self._base_key[1:]:
             self._base_key = key
-            state = m.kernel_state(snapshot=False)
-            cmem = fill_up_crash_elf_data(state)
-            elf_header_exclude_ranges(state, cmem)
+            if isinstance(self.run, Ppc64SimRun):
+                cmem = ppc64_base_ranges(self.run)
+            else:
+                state = m.kernel_state(snapshot=False)
+                cmem = fill_up_crash_elf_data(state)
+                elf_header_exclude_ranges(state, cmem)
             base = sorted((max(s, LOW_1M), e) for s, e in cmem.ranges if e >= LOW_1M)
             self._base = (base, [s for s, _ in base], [e for _, e in base])
         return self._base
+
+    def _covered(self, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The ranges as compared: sorted; on ppc64le, the memory they cover (merged) outside the
+        crashkernel region."""
+        ranges = sorted(ranges)
+        if not self._ppc64:
+            return ranges
+        merged: list[tuple[int, int]] = []
+        for s, e in ranges:
+            if merged and s <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(e, merged[-1][1]))
+            else:
+                merged.append((s, e))
+        crashk = self.run.machine.crashk_res
+        if crashk is None:
+            return merged
+        return _cut(merged, [s for s, _ in merged], [e for _, e in merged], [crashk])
 
     def event(self) -> None:
         self.event_times.append(self.run.machine.clock.now)
@@ -316,7 +340,7 @@ class _Observer:
             if table != self._table:
                 self._table = table
                 ram, notes = _ram_and_notes(table)
-                self._hdr = (sorted(ram), notes)
+                self._hdr = (self._covered(ram), notes)
         if want_key != self._want_key:
             self._want_key = want_key
             # the memory ranges the kernel's own builder would describe with offline blocks cut
@@ -324,6 +348,8 @@ class _Observer:
             base, starts, ends = self._base_ranges()
             offline = self._offline_ranges()
             self._want = _cut(base, starts, ends, offline) if offline else base
+            if self._ppc64:
+                self._want = self._covered(self._want)
             if online != self._notes_key:
                 self._notes_key = online
                 cpu_notes = m.crash_notes()
@@ -386,18 +412,73 @@ def _legacy_setup(approach: str, costs: CostModel) -> tuple[str, str | None]:
 
 
 def simulate(approach: str, plan: Plan, costs: CostModel | None = None, *,
-             on_progress: Callable[[int, int], None] | None = None) -> Timeline:
-    """Run ``plan`` under ``approach`` (one of :data:`APPROACHES`) and record its timeline."""
+             on_progress: Callable[[int, int], None] | None = None, guest: Ppc64Guest | None = None) -> Timeline:
+    """Run ``plan`` under ``approach`` (one of :data:`APPROACHES`) and record its timeline; with
+    ``guest``, on that ppc64le pseries guest (:mod:`crash_hotplug.sim.ppc64`)."""
     if approach not in APPROACHES:
         raise SimError(f"unknown approach {approach!r} ({', '.join(APPROACHES)})")
     costs = costs or CostModel.default()
+    if guest is not None:
+        return _simulate_ppc64(approach, plan, costs, guest, on_progress)
     m = Machine.new(mem_gib=plan.boot_gib, cpus=plan.cpus, possible=plan.possible, kernel=plan.kernel,
-                    block_size=plan.block_size, maxmem_gib=plan.maxmem_gib, slots=plan.slots)
+                    block_size=plan.block_size, maxmem_gib=plan.maxmem_gib, slots=plan.slots,
+                    memmap_on_memory=plan.memmap_on_memory)
     m.clock = Clock(costs=costs)
     for name, start, size in plan.preplugged:
         m.add_dimm(size, name=name, start=start)
     syscall, rules = _legacy_setup(approach, costs)
     run = ScenarioRun.start(m, approach, syscall, rules=rules)
+    blocks_of: dict[str, list[int]] = {}
+    return _run_plan(run, approach, plan, lambda op: _apply(m, op, blocks_of), on_progress)
+
+
+def _simulate_ppc64(approach: str, plan: Plan, costs: CostModel, guest: Ppc64Guest,
+                    on_progress: Callable[[int, int], None] | None) -> Timeline:
+    try:
+        run = start_ppc64(guest, approach, rules=_legacy_setup(approach, costs)[1])
+    except CrashHotplugError as e:
+        raise SimError(str(e)) from None
+    run.machine.clock = Clock(costs=costs)
+    booted = sum(e - s + 1 for s, e in system_ram_ranges(run.machine.iomem))
+    if int(plan.boot_gib * GIB) != booted:
+        raise SimError(f"the plan starts from {plan.boot_gib:g} GiB; the guest in {guest.root} boots with "
+                       f"{booted / GIB:g} GiB")
+    lmb = run.platform.lmb_size
+    if plan.block_size != lmb:
+        raise SimError(f"a ppc64le storm is in {lmb >> 20} MiB LMBs, not {plan.block_size >> 20} MiB blocks")
+    for name, _start, size in plan.preplugged:
+        run.dimm_add(name, size)
+        for k in range(size // lmb):
+            run.lmb_add(name, k)
+    return _run_plan(run, approach, plan, lambda op: _apply_ppc64(run, op), on_progress)
+
+
+def _apply_ppc64(run: Ppc64SimRun, op: SimOp) -> None:
+    """One operation as DLPAR does it: a block event is one LMB added (and onlined) or removed."""
+    a = op.args
+    try:
+        if op.op == "dimm_add":
+            run.dimm_add(str(a["name"]), int(a["size"]))
+        elif op.op == "block_online":
+            run.lmb_add(str(a["dimm"]), int(a["block"]))
+        elif op.op == "block_offline":
+            run.lmb_remove(str(a["dimm"]), int(a["block"]))
+        elif op.op == "dimm_remove":
+            run.dimm_remove(str(a["name"]))
+        else:
+            raise SimError(f"{op.op}: not modelled on ppc64le (memory storms only)")
+    except CrashHotplugError as e:
+        if isinstance(e, SimError):
+            raise
+        raise SimError(f"{op.origin or f't={op.t:.3f}s'}: {op.op} {a}: {e}") from None
+    except (KeyError, IndexError) as e:
+        raise SimError(f"{op.origin or f't={op.t:.3f}s'}: {op.op} {a}: no such {e}") from None
+
+
+def _run_plan(run: ScenarioRun | Ppc64SimRun, approach: str, plan: Plan, apply: Callable[[SimOp], None],
+              on_progress: Callable[[int, int], None] | None) -> Timeline:
+    """Load kdump, schedule the plan's operations on the machine's clock, run them, collect."""
+    m = run.machine
     run.load()
     obs = _Observer(run)
     obs.check()
@@ -408,7 +489,6 @@ def simulate(approach: str, plan: Plan, costs: CostModel | None = None, *,
     service: list[KdumpService] = [run.kdump] if run.kdump is not None else []
     waited_ops = [0]
     waiting: deque[SimOp] = deque()
-    blocks_of: dict[str, list[int]] = {}
 
     def wake() -> None:
         while waiting and (hp is None or hp.notifier_returns_at() <= m.clock.now):
@@ -433,7 +513,7 @@ def simulate(approach: str, plan: Plan, costs: CostModel | None = None, *,
                 service.append(KdumpService(run.kexec, run.syscall, loader=run.load_image))
             service[0].reload()
         else:
-            _apply(m, op, blocks_of)
+            apply(op)
         obs.event()
         done[0] += 1
         if on_progress is not None and (done[0] % 64 == 0 or done[0] == total):

@@ -60,6 +60,9 @@ class Plan:
     dimms: int
     maxmem_gib: int
     slots: int
+    #: boot the guest with ``memory_hotplug.memmap_on_memory=1`` (needed where the struct pages of
+    #: the memory added would not fit in boot memory: 8 TiB on a 32 GiB guest)
+    memmap_on_memory: bool = False
 
     @property
     def memory_events(self) -> int:
@@ -136,7 +139,8 @@ def _online_blocks(ops: list[SimOp], t: float, dimm: str, nblocks: int, costs: C
 
 
 def resize_plan(size_from: int, size_to: int, *, dimm: int = 2 * GIB, block: int = 128 * MIB, cpus: int = 4,
-                possible: int = 64, kernel: str = "6.12.43", costs: CostModel | None = None) -> Plan:
+                possible: int = 64, kernel: str = "6.12.43", costs: CostModel | None = None,
+                memmap_on_memory: bool = False) -> Plan:
     """Grow from ``size_from`` to ``size_to`` (or shrink) in DIMMs of ``dimm`` bytes."""
     costs = costs or CostModel.default()
     check_block_size(block)
@@ -181,7 +185,7 @@ def resize_plan(size_from: int, size_to: int, *, dimm: int = 2 * GIB, block: int
     top = max(size_from, size_to)
     return Plan(f"resize {size_from / GIB:g}G -> {size_to / GIB:g}G in {dimm / GIB:g}G DIMMs",
                 boot / GIB, cpus, possible, kernel, block, pre, ops, n,
-                maxmem_gib=-(-top // GIB) + 1, slots=max(8, n + 1))
+                maxmem_gib=-(-top // GIB) + 1, slots=max(8, n + 1), memmap_on_memory=memmap_on_memory)
 
 
 def cpu_plan(add: int, remove: int = 0, *, cpus: int = 2, possible: int = 64, mem: int = 4 * GIB,
