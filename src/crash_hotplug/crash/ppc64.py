@@ -107,16 +107,20 @@ def get_crash_memory_ranges(state: KernelState, rtas: tuple[int, int] | None) ->
     return cmem
 
 
-def remove_mem_range(cmem: CrashMem, base: int, size: int) -> None:
+def remove_mem_range(cmem: CrashMem, base: int, size: int, *, split_size_fix: bool = True) -> None:
     """``remove_mem_range`` as in ``ranges.c``: drop, trim or split the range that holds
     ``[base, base + size)``.
 
-    The split mirrors upstream byte for byte, including its arithmetic: the upper half is added
-    with ``size = (base - 1) - end`` in u64, so it comes out as the inverted range
-    ``[end + 1, base - 1]`` at the end of the list. On pseries this happens when a DIMM's LMBs
-    are removed in ascending order and the first one sits inside a larger memblock range; the
-    header built for that event has a PT_LOAD with a wrapped size until the later LMB events
-    rebuild it.
+    A split keeps ``[mstart, base - 1]`` and adds the upper half with the kernel's arithmetic, which
+    has two versions, both modelled byte for byte:
+
+    * ``split_size_fix`` (the default): "powerpc/kdump: Fix size calculation for hot-removed memory
+      ranges" (2025, in stable 6.12.y; Debian's 6.12.113 has it): ``size = mend - end + 1`` taken
+      before the lower half is trimmed, so the upper range is ``[end + 1, mend + 1]``, one byte
+      longer than the memory. Seen in the lab: offlining LMB ``0x80000000`` of
+      ``[0x40000000, 0xbfffffff]`` gives the PT_LOAD ``0x90000000`` + ``0x30000001``.
+    * without it (6.9 as merged, 849599b702ef): ``size = (base - 1) - end`` after the trim, in u64:
+      the inverted range ``[end + 1, base - 1]``, a PT_LOAD with a wrapped size.
     """
     if not size:
         return
@@ -136,8 +140,9 @@ def remove_mem_range(cmem: CrashMem, base: int, size: int) -> None:
         if end == mend:
             cmem.ranges[i] = (mstart, base - 1)
             return
+        upper = (mend - end + 1) if split_size_fix else ((base - 1) - end) & _U64
         cmem.ranges[i] = (mstart, base - 1)
-        _add_mem_range(cmem, end + 1, ((base - 1) - end) & _U64)
+        _add_mem_range(cmem, end + 1, upper)
         i += 1
 
 
@@ -169,12 +174,14 @@ def backup_start_from_header(elfbuf: bytes) -> int | None:
 
 
 def prepare_elf_headers_ppc64(state: KernelState, rtas: tuple[int, int] | None, backup_start: int | None,
-                              removed: tuple[int, int] | None = None) -> tuple[bytes, int]:
+                              removed: tuple[int, int] | None = None, *,
+                              split_size_fix: bool = True) -> tuple[bytes, int]:
     """(elfcorehdr buffer, number of ranges) as ``update_crash_elfcorehdr`` builds it; ``removed`` is
-    (base, size) of memory going offline (``KEXEC_CRASH_HP_REMOVE_MEMORY``)."""
+    (base, size) of memory going offline (``KEXEC_CRASH_HP_REMOVE_MEMORY``); ``split_size_fix``
+    picks ``remove_mem_range``'s split arithmetic (see there)."""
     cmem = get_crash_memory_ranges(state, rtas)
     if removed is not None:
-        remove_mem_range(cmem, *removed)
+        remove_mem_range(cmem, *removed, split_size_fix=split_size_fix)
     buf = bytearray(crash_prepare_elf64_headers(state, cmem, need_kernel_map=False, elf_arch=EM_PPC64))
     if backup_start is not None:
         sync_backup_region_phdr(buf, backup_start)

@@ -4,7 +4,9 @@ left in memory, against the ppc64 model.
 Headers. The load step's header is kexec-tools' (``kexec_load``): the model is
 ``crash_create_elf64_headers_ppc64`` on that step's snapshot. After it, the header is the
 kernel's: ``prepare_elf_headers_ppc64`` on the snapshot of the last step at which the kernel
-rebuilt it (a CPU hot-add leaves it alone), with ``[0, 64K)`` pointed at the backup segment.
+rebuilt it (a CPU hot-add leaves it alone), with ``[0, 64K)`` pointed at the backup segment, and,
+for a block offlined through sysfs, that block cut out with ``remove_mem_range`` (one LMB event:
+the header of a single LMB's removal, which a DIMM's ``device_del`` only shows for its last LMB).
 
 Crash FDTs. The load step's FDT is rebuilt from that step's whole ``/proc/device-tree`` with the
 fs2dt model (``kexec.fs2dt``), kexec-tools' inputs taken from the load (``kexec -d``'s segments,
@@ -144,6 +146,17 @@ def _cpu_update(prev: bytes, st: Step, earlier: list[int], added_order: list[int
     return blob.data()
 
 
+def _offlined(st: Step) -> tuple[int, int] | None:
+    """The block a sysfs ``offline_block`` step took offline, as (base, size): the kernel's header
+    for that event is memblock's memory (which still holds the block) with it cut out
+    (``remove_mem_range``); after a DIMM's removal memblock has dropped it, so nothing is cut."""
+    op = st.info.get("op", {})
+    if op.get("op") != "offline_block":
+        return None
+    size = int((st.root / "sys/devices/system/memory/block_size_bytes").read_text().strip(), 16)
+    return int(op["block"]) * size, size
+
+
 def check_run_ppc64(run_dir: Path) -> CheckReport:
     """Check every step and the capture of a pseries run directory against the ppc64 model."""
     run = RunDir(run_dir)
@@ -163,7 +176,7 @@ def check_run_ppc64(run_dir: Path) -> CheckReport:
                 built = crash_create_elf64_headers_ppc64(pseries_from_snapshot(src.root), backup)
                 return built + bytes(-len(built) % PAGE)
             state, dt = read_kernel_state_ppc64(src.root)
-            return prepare_elf_headers_ppc64(state, dt.rtas, backup)[0]
+            return prepare_elf_headers_ppc64(state, dt.rtas, backup, _offlined(src))[0]
         except LabError:
             raise
         except Exception as exc:  # the model's own error, reported per run

@@ -177,7 +177,8 @@ class Ppc64Runner(Runner):
             if st["op"] == "panic" and st.get("dump"):
                 # the pseries capture initramfs has no core collector: /proc/vmcore is read as on x86
                 # (headers, notes), and the run says the dump was not taken
-                dropped.append(str(st["dump"]))
+                modes = st["dump"]
+                dropped.extend(str(m) for m in (modes if isinstance(modes, list) else [modes]))
                 st = {k: v for k, v in st.items() if k != "dump"}
             steps.append(st)
         self.pcfg = Ppc64MachineConfig.from_plan(plan.machine)
