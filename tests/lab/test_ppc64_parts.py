@@ -74,3 +74,22 @@ def test_plans_the_pseries_lab_cannot_run_are_refused() -> None:
                          Path("/nonexistent"))
     assert runner.plan.steps[0] == {"op": "load", "syscall": "kexec_load", "hotplug": True}
     assert "dump" not in runner.plan.steps[1] and runner.dumps_not_taken == ["-l"]
+
+
+def test_vmlinux_in_either_packaging_layout(tmp_path: Path) -> None:
+    """6.x: /boot/vmlinux-<rel> + /boot/config-<rel>; 7.x split: /usr/lib/modules/<rel>/vmlinuz (an
+    ELF vmlinux on ppc64el) + config."""
+    from crash_hotplug.lab.debian_ppc64 import _find_vmlinux
+
+    old = tmp_path / "old"
+    (old / "boot").mkdir(parents=True)
+    (old / "boot/vmlinux-6.12.113+deb13-powerpc64le").write_bytes(b"\x7fELF")
+    (old / "boot/config-6.12.113+deb13-powerpc64le").write_text("CONFIG_KEXEC=y\n")
+    image, config, release = _find_vmlinux(old)
+    assert release == "6.12.113+deb13-powerpc64le" and image is not None and config is not None
+    new = tmp_path / "new" / "usr/lib/modules/7.2.13+deb14-powerpc64le"
+    new.mkdir(parents=True)
+    (new / "vmlinuz").write_bytes(b"\x7fELF")
+    (new / "config").write_text("CONFIG_KEXEC=y\n")
+    assert _find_vmlinux(tmp_path / "new") == (new / "vmlinuz", new / "config", "7.2.13+deb14-powerpc64le")
+    assert _find_vmlinux(tmp_path / "empty") == (None, None, None)

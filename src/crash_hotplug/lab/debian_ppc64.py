@@ -112,53 +112,89 @@ def fetch_ppc64_kernel(archive: AptArchive, key: str) -> KernelPackage:
             kp = KernelPackage.from_json({"key": key, **json.loads(pinned.read_text())})
             if kp.vmlinuz.exists() and kp.config is not None and kp.config.exists():
                 return kp
-    deb: Path | None = None
+    debs: list[Path] = []
+    names: list[str] = []
     why: list[str] = []
     for package, version, suite in resolve_ppc64_kernel(archive, key):
         # A mirror can list a package it does not serve (a 404): take the next best one then.
         try:
-            deb, version = archive.download(package, suite)
+            debs, names = _kernel_debs(archive, package, suite)
             break
         except KernelFetchError as exc:
             why.append(f"{package} {version} ({suite}): {' '.join(str(exc).split())[-160:]}")
             archive._log(f"{package} {version} from {suite} could not be downloaded; trying the next")
-    if deb is None:
+    if not debs:
         raise KernelFetchError(f"no ppc64el kernel for {key!r} could be downloaded: {'; '.join(why[:3])}")
-    dest = meta_root / f"{package}_{version.replace(':', '_')}"
+    dest = meta_root / debs[0].name.removesuffix(".deb")
     if not (dest / ".complete").exists():
-        extract_from_deb(deb, dest, ["./boot/vmlinux-*", "./boot/config-*"], allow_missing=True)
+        for deb in debs:
+            extract_from_deb(deb, dest, KERNEL_MEMBERS_PPC64, allow_missing=True, merge=True)
         (dest / ".complete").touch()
-    images = sorted(dest.glob("boot/vmlinux-*"))
-    if not images:
-        raise KernelFetchError(f"{deb.name}: no /boot/vmlinux-* in it (not a ppc64el kernel image package)")
-    release = images[0].name.removeprefix("vmlinux-")
-    config = dest / "boot" / f"config-{release}"
-    kp = KernelPackage(
-        key=key,
-        package=package,
-        version=version,
-        vmlinuz=images[0],
-        release=release,
-        config=config if config.exists() else None,
-        packages=(f"{package} {version} {suite}",),
-        origin="archive",
-    )
+    image, config, release = _find_vmlinux(dest)
+    if image is None or release is None:
+        raise KernelFetchError(f"{', '.join(d.name for d in debs)}: no vmlinux in it (not a ppc64el kernel)")
+    pkg, _, version = names[0].partition(" ")
+    kp = KernelPackage(key, pkg, version.split()[0], image, release, config, tuple(names), "archive")
     write_atomic(pinned, json.dumps(kp.to_json(), indent=1))
     return kp
 
 
+# Up to 6.x the ELF image and config are /boot/vmlinux-<release> and /boot/config-<release> in
+# linux-image-<release>; from the 7.x packaging split they are /usr/lib/modules/<release>/vmlinuz (an
+# ELF vmlinux all the same on ppc64el) and .../config, in linux-binary-<release> and linux-base-<release>
+# (linux-image-<release> holds no files).
+KERNEL_MEMBERS_PPC64 = (
+    "./boot/vmlinux-*",
+    "./boot/config-*",
+    "./usr/lib/modules/*/vmlinux",
+    "./usr/lib/modules/*/vmlinuz",
+    "./usr/lib/modules/*/config",
+)
+
+
+def _kernel_debs(archive: AptArchive, package: str, suite: str) -> tuple[list[Path], list[str]]:
+    """The packages holding ``package``'s image and config: itself, or for the 7.x split its
+    ``linux-binary-*`` and ``linux-base-*``; with ``"name version suite"`` lines."""
+    release = package.removeprefix("linux-image-")
+    split = [f"linux-binary-{release}", f"linux-base-{release}"]
+    rows = archive.madison_many(split)
+    wanted = split if all(any(s == suite for _v, s in rows[n]) for n in split) else [package]
+    debs, names = [], []
+    for name in wanted:
+        deb, version = archive.download(name, suite)
+        debs.append(deb)
+        names.append(f"{name} {version} {suite}")
+    return debs, names
+
+
+def _find_vmlinux(dest: Path) -> tuple[Path | None, Path | None, str | None]:
+    """``(vmlinux, config, release)`` in an unpacked ppc64el kernel, in either packaging layout."""
+    for image in sorted([*dest.glob("usr/lib/modules/*/vmlinux"), *dest.glob("usr/lib/modules/*/vmlinuz")]):
+        release = image.parent.name
+        for config in (image.parent / "config", dest / "boot" / f"config-{release}"):
+            if config.is_file():
+                return image, config, release
+        return image, None, release
+    for image in sorted(dest.glob("boot/vmlinux-*")):
+        release = image.name.removeprefix("vmlinux-")
+        for config in (dest / "boot" / f"config-{release}", dest / "usr/lib/modules" / release / "config"):
+            if config.is_file():
+                return image, config, release
+        return image, None, release
+    return None, None, None
+
+
 def kernel_from_debs(debs: Sequence[Path], dest: Path, key: str) -> KernelPackage:
     """A ppc64el kernel from the user's own ``linux-image-*-powerpc64le`` packages."""
-    for deb in debs:
-        extract_from_deb(deb, dest, ["./boot/vmlinux-*", "./boot/config-*"], allow_missing=True, merge=True)
-    images = sorted(dest.glob("boot/vmlinux-*"))
-    if not images:
-        raise KernelFetchError(f"{', '.join(map(str, debs))}: no /boot/vmlinux-* (not a ppc64el kernel image)")
-    release = images[0].name.removeprefix("vmlinux-")
-    config = dest / "boot" / f"config-{release}"
     names = tuple(f"{deb_field(d, 'Package')} {deb_field(d, 'Version')}" for d in debs)
+    for deb in debs:
+        extract_from_deb(deb, dest, KERNEL_MEMBERS_PPC64, allow_missing=True, merge=True)
+    image, config, release = _find_vmlinux(dest)
+    if image is None or release is None:
+        raise KernelFetchError(f"{', '.join(map(str, debs))}: no vmlinux in it (not a ppc64el kernel; from 7.x "
+                               "the image is in linux-binary-<release> and the config in linux-base-<release>)")
     pkg, _, version = names[0].partition(" ")
-    return KernelPackage(key, pkg, version, images[0], release, config if config.exists() else None, names, "deb")
+    return KernelPackage(key, pkg, version, image, release, config, names, "deb")
 
 
 @dataclass(frozen=True)
