@@ -47,7 +47,8 @@ class Clock:
     costs: StepCosts = field(default_factory=ZeroCosts)
     #: called after every timer fires (a simulator observes the state there)
     after_fire: list[Callable[[], None]] = field(default_factory=list)
-    _queue: list[Timer] = field(default_factory=list)
+    #: (when, seq, timer): ordered by time, then by the order set, compared at C speed
+    _queue: list[tuple[float, int, Timer]] = field(default_factory=list)
     _seq: itertools.count[int] = field(default_factory=itertools.count)
 
     def cost(self, what: str, units: float = 1.0) -> float:
@@ -55,7 +56,7 @@ class Clock:
 
     def call_at(self, when: float, fn: Callable[[], None], label: str = "") -> Timer:
         t = Timer(max(when, self.now), next(self._seq), fn, label)
-        heapq.heappush(self._queue, t)
+        heapq.heappush(self._queue, (t.when, t.seq, t))
         return t
 
     def call_later(self, delay: float, fn: Callable[[], None], label: str = "") -> Timer | None:
@@ -72,12 +73,12 @@ class Clock:
 
     @property
     def pending(self) -> int:
-        return sum(1 for t in self._queue if not t.cancelled)
+        return sum(1 for _w, _s, t in self._queue if not t.cancelled)
 
     def next_time(self) -> float | None:
-        while self._queue and self._queue[0].cancelled:
+        while self._queue and self._queue[0][2].cancelled:
             heapq.heappop(self._queue)
-        return self._queue[0].when if self._queue else None
+        return self._queue[0][0] if self._queue else None
 
     def run_until(self, when: float) -> None:
         """Fire every timer due at or before ``when``, advancing ``now`` to each, then to ``when``."""
@@ -85,7 +86,7 @@ class Clock:
             nxt = self.next_time()
             if nxt is None or nxt > when:
                 break
-            t = heapq.heappop(self._queue)
+            t = heapq.heappop(self._queue)[2]
             self.now = t.when
             t.fn()
             for fn in self.after_fire:
