@@ -26,6 +26,7 @@ Programs of the form ``cat FILE`` are evaluated from the root.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 import shlex
 from collections.abc import Callable, Iterable, Mapping
@@ -422,6 +423,7 @@ def _read_rule_file(p: Path) -> str | None:
     return data.decode("utf-8", errors="replace")
 
 
+@functools.lru_cache(maxsize=4096)
 def _glob(value: str, pattern: str) -> bool:
     return any(fnmatch.fnmatchcase(value, alt) for alt in pattern.split("|"))
 
@@ -572,20 +574,38 @@ def _relevant(rule: Rule) -> bool:
     return False
 
 
-def _run_file(rf: RuleFile, ev: HotplugEvent, start: _Path, probe: Probe, res: UdevResult) -> list[_Path]:
+def _prepared(rf: RuleFile) -> tuple[dict[str, list[int]], list[list[Key]]]:
+    """The file's labels (name -> rule indices) and each rule's match keys in evaluation order,
+    worked out once per file (a storm runs every event through the same rules)."""
+    hit = _PREPARED.get(id(rf))
+    if hit is not None and hit[0] is rf:
+        return hit[1], hit[2]
     labels: dict[str, list[int]] = {}
     for i, r in enumerate(rf.rules):
         for k in r.keys:
             if k.name == "LABEL":
                 labels.setdefault(k.value, []).append(i)
+    matches = [sorted((k for k in r.keys if k.is_match), key=lambda k: _ORDER.get(k.name, 99)) for r in rf.rules]
+    if len(_PREPARED) >= 64:
+        del _PREPARED[next(iter(_PREPARED))]
+    _PREPARED[id(rf)] = (rf, labels, matches)
+    return labels, matches
+
+
+#: :func:`_prepared` by the file's identity (the file is held, so its id is not reused)
+_PREPARED: dict[int, tuple[RuleFile, dict[str, list[int]], list[list[Key]]]] = {}
+
+
+def _run_file(rf: RuleFile, ev: HotplugEvent, start: _Path, probe: Probe, res: UdevResult) -> list[_Path]:
+    labels, prepared = _prepared(rf)
     done: list[_Path] = []
     todo = [start]
     while todo:
         st = todo.pop()
         while st.index < len(rf.rules):
             rule = rf.rules[st.index]
+            matches = prepared[st.index]
             st.index += 1
-            matches = sorted((k for k in rule.keys if k.is_match), key=lambda k: _ORDER.get(k.name, 99))
             verdict: bool | None = True
             for k in matches:
                 m = _match(k, ev, st, probe, rule.where, res)

@@ -148,6 +148,8 @@ class KernelData:
     mem_section_paddr: int
     _brk_next: int = field(init=False, repr=False)
     _pool_used: int = field(default=0, init=False, repr=False)
+    #: pages taken from boot RAM once the pool is used up: [next, end)
+    _spill: tuple[int, int] = field(default=(0, 0), init=False, repr=False)
     #: section number -> flags of the sections the kernel knows
     sections: dict[int, int] = field(default_factory=dict, init=False)
     #: section number -> physical address of its 2 MiB of ``struct page``
@@ -186,15 +188,25 @@ class KernelData:
         return _hex(self.items, "SYMBOL(vmemmap)") if "SYMBOL(vmemmap)" in self.items else VMEMMAP_START_L4
 
     def _alloc_page(self) -> int:
-        """A zeroed page: from brk while it lasts (``alloc_low_pages``), then from the pool."""
+        """A zeroed page: from brk while it lasts (``alloc_low_pages``), then from the pool, then
+        (page tables and section roots for terabytes of hot-added memory) from free boot RAM,
+        2 MiB at a time."""
         if self._brk_next + PAGE_SIZE <= self.brk[1]:
             paddr = self._brk_next
             self._brk_next += PAGE_SIZE
-        else:
-            if self._pool_used >= POOL_PAGES:
-                raise KernelDataError(f"more than {POOL_PAGES} pages of kernel page tables and section roots")
+        elif self._pool_used < POOL_PAGES:
             self._pool_used += 1
             paddr = self.mem_section_paddr - self._pool_used * PAGE_SIZE
+        else:
+            if self._spill[0] >= self._spill[1]:
+                try:
+                    base = self._alloc_memmap(_PMD_SIZE)
+                except KernelDataError:
+                    raise KernelDataError(f"more than {POOL_PAGES} pages of kernel page tables and section roots, "
+                                          "and no free boot RAM for more") from None
+                self._spill = (base, base + _PMD_SIZE)
+            paddr = self._spill[0]
+            self._spill = (paddr + PAGE_SIZE, self._spill[1])
         self.mem.zero(paddr, PAGE_SIZE)
         return paddr
 

@@ -30,6 +30,10 @@ MODEL_STATE_FILE: Final = "var/lib/crash-hotplug/machine.json"
 #: under them changes, at most :data:`_HELD_MAX` of them
 _HELD_SIZES: Final = (2 * PAGE_SIZE, 2 << 20)
 _HELD_MAX: Final = 32
+#: pfn bits of a granule of :attr:`PhysMem._granules` (2 MiB)
+_GRANULE_BITS: Final = 9
+#: zero-filled buffers by size (see :meth:`PhysMem.zero`)
+_ZEROS: dict[int, bytes] = {}
 
 
 class MemoryReader(Protocol):
@@ -60,16 +64,16 @@ class PhysMem:
         self._held: dict[tuple[int, int], bytes] = {}
         self._held_lo = 1 << 64
         self._held_hi = 0
-        #: every pfn ever stored in :attr:`_pages` lies in ``[_pages_lo, _pages_hi)``
-        self._pages_lo = 1 << 64
-        self._pages_hi = 0
+        #: the 2 MiB granules (pfn >> 9) a page was ever stored in: a drop over granules outside
+        #: it has nothing to forget
+        self._granules: set[int] = set()
 
     def _page_span(self, first: int, end: int) -> None:
         """Pages ``[first, end)`` were stored."""
-        if first < self._pages_lo:
-            self._pages_lo = first
-        if end > self._pages_hi:
-            self._pages_hi = end
+        if first + 1 == end:
+            self._granules.add(first >> _GRANULE_BITS)
+        else:
+            self._granules.update(range(first >> _GRANULE_BITS, ((end - 1) >> _GRANULE_BITS) + 1))
 
     def _remember(self, paddr: int, data: bytes) -> None:
         """Memory at ``paddr`` holds ``data`` (immutable) now."""
@@ -125,8 +129,10 @@ class PhysMem:
 
     def _drop_pages(self, start: int, end: int) -> None:
         """Forget stored pages with pfn in ``[start, end)``."""
-        start, end = max(start, self._pages_lo), min(end, self._pages_hi)
         if end <= start:
+            return
+        granules = range(start >> _GRANULE_BITS, ((end - 1) >> _GRANULE_BITS) + 1)
+        if len(granules) <= 64 and self._granules.isdisjoint(granules):
             return
         if end - start < len(self._pages):
             # the pops run at C speed (a fill of a 2 MiB memmap is 512 of them)
@@ -194,7 +200,15 @@ class PhysMem:
 
     def zero(self, paddr: int, size: int) -> None:
         """Fill a range with zeros (a fresh allocation, a cleared buffer)."""
-        self.write(paddr, bytes(size))
+        zeros = _ZEROS.get(size)
+        if zeros is None:
+            zeros = bytes(size)
+            if size <= _HELD_SIZES[1]:
+                # the same object for the same size, so a zeroing memory already holds is seen at once
+                if len(_ZEROS) >= _HELD_MAX:
+                    del _ZEROS[next(iter(_ZEROS))]
+                _ZEROS[size] = zeros
+        self.write(paddr, zeros)
 
     def discard(self, start: int, end: int) -> None:
         """Forget writes to pages in ``[start, end]`` (memory that left the machine)."""
