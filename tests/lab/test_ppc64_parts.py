@@ -59,6 +59,8 @@ def test_lab_check_of_the_ppc64_vectors() -> None:
     assert [r.difference for r in report.steps] == [None] * 5
     assert [r.source for r in report.steps] == ["S0", "S1", "S1", "S3", "S4"]
     assert [ok for _n, ok, _d in report.fdt] == [None, True, None, True, True]
+    against = check_run(RUN, against=RUN)
+    assert [r.vs_reference for r in against.steps] == ["same bytes"] * 5
 
 
 def test_plans_the_pseries_lab_cannot_run_are_refused() -> None:

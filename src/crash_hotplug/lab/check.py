@@ -98,11 +98,15 @@ def check_run(
     ``against`` names a reference run (e.g. the vectors' run of the same kernel and scenario); each
     step's real header is then also compared with the reference's, for information only.
     """
-    if model is None and against is None:
+    if model is None:
         from crash_hotplug.lab.check_ppc64 import check_run_ppc64, is_ppc64_run
 
         if is_ppc64_run(run_dir):
-            return check_run_ppc64(run_dir)
+            ppc = check_run_ppc64(run_dir)
+            if against is not None:
+                _against(ppc, RunDir(run_dir).steps(), against, importlib.import_module(
+                    "crash_hotplug.elf.compare").first_difference)
+            return ppc
     run = RunDir(run_dir)
     build, first_difference = model or _model()
     version = kernel_version  # None: the model reads proc/sys/kernel/osrelease under each root
@@ -138,14 +142,19 @@ def check_run(
             replace(result, real_size=_used_size(real, st.name), model_size=_used_size(model_hdr, src.name))
         )
     if against is not None:
-        ref = {st.name: st for st in RunDir(against).steps()}
-        for i, r in enumerate(report.steps):
-            other = ref.get(r.step)
-            mine = next(st for st in steps if st.name == r.step)
-            text = "no such step" if other is None else first_difference(other.elfcorehdr, mine.elfcorehdr)
-            report.steps[i] = replace(r, vs_reference=text or "same bytes")
+        _against(report, steps, against, first_difference)
     report.vmcore.extend(_vmcore_checks(run, steps[-1]))
     return report
+
+
+def _against(report: CheckReport, steps: list[Step], against: Path, first_difference: FirstDifference) -> None:
+    """Each step's real header against the same step of the reference run ``against`` (information)."""
+    ref = {st.name: st for st in RunDir(against).steps()}
+    for i, r in enumerate(report.steps):
+        other = ref.get(r.step)
+        mine = next(st for st in steps if st.name == r.step)
+        text = "no such step" if other is None else first_difference(other.elfcorehdr, mine.elfcorehdr)
+        report.steps[i] = replace(r, vs_reference=text or "same bytes")
 
 
 def _vmcore_checks(run: RunDir, last: Step) -> list[tuple[str, bool | None, str]]:
