@@ -12,9 +12,10 @@ the image hidden during a copy -- come from the handlers and the reload path the
 from __future__ import annotations
 
 import bisect
+import contextlib
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 from crash_hotplug.crash.arch import Outcome
@@ -367,11 +368,24 @@ class _Observer:
             self.states.append((t, loaded, true))
 
 
+@contextlib.contextmanager
+def _refusals_named(op: SimOp) -> Iterator[None]:
+    """What the machine refuses while running ``op`` becomes a :class:`SimError` naming the op."""
+    try:
+        yield
+    except CrashHotplugError as e:
+        if isinstance(e, SimError):
+            raise
+        raise SimError(f"{op.origin or f't={op.t:.3f}s'}: {op.op} {op.args}: {e}") from None
+    except (KeyError, IndexError) as e:
+        raise SimError(f"{op.origin or f't={op.t:.3f}s'}: {op.op} {op.args}: no such {e}") from None
+
+
 def _apply(m: Machine, op: SimOp, blocks_of: dict[str, list[int]] | None = None) -> None:
     """Run one operation on the machine; ``blocks_of`` caches each DIMM's block indices."""
     a = op.args
     cache = {} if blocks_of is None else blocks_of
-    try:
+    with _refusals_named(op):
         if op.op == "dimm_add":
             m.add_dimm(int(a["size"]), name=str(a["name"]), start=a.get("start"), online="offline")
             cache.pop(str(a["name"]), None)
@@ -394,12 +408,6 @@ def _apply(m: Machine, op: SimOp, blocks_of: dict[str, list[int]] | None = None)
             m.cpu_hot_remove(int(a["cpu"]))
         else:
             raise SimError(f"unknown operation {op.op!r}")
-    except CrashHotplugError as e:
-        if isinstance(e, SimError):
-            raise
-        raise SimError(f"{op.origin or f't={op.t:.3f}s'}: {op.op} {a}: {e}") from None
-    except (KeyError, IndexError) as e:
-        raise SimError(f"{op.origin or f't={op.t:.3f}s'}: {op.op} {a}: no such {e}") from None
 
 
 def _legacy_setup(approach: str, costs: CostModel) -> tuple[str, str | None]:
@@ -456,7 +464,7 @@ def _simulate_ppc64(approach: str, plan: Plan, costs: CostModel, guest: Ppc64Gue
 def _apply_ppc64(run: Ppc64SimRun, op: SimOp) -> None:
     """One operation as DLPAR does it: a block event is one LMB added (and onlined) or removed."""
     a = op.args
-    try:
+    with _refusals_named(op):
         if op.op == "dimm_add":
             run.dimm_add(str(a["name"]), int(a["size"]))
         elif op.op == "block_online":
@@ -467,12 +475,6 @@ def _apply_ppc64(run: Ppc64SimRun, op: SimOp) -> None:
             run.dimm_remove(str(a["name"]))
         else:
             raise SimError(f"{op.op}: not modelled on ppc64le (memory storms only)")
-    except CrashHotplugError as e:
-        if isinstance(e, SimError):
-            raise
-        raise SimError(f"{op.origin or f't={op.t:.3f}s'}: {op.op} {a}: {e}") from None
-    except (KeyError, IndexError) as e:
-        raise SimError(f"{op.origin or f't={op.t:.3f}s'}: {op.op} {a}: no such {e}") from None
 
 
 def _run_plan(run: ScenarioRun | Ppc64SimRun, approach: str, plan: Plan, apply: Callable[[SimOp], None],
