@@ -52,7 +52,7 @@ from crash_hotplug.kexec.purgatory import (
 from crash_hotplug.kexec.segments import kimage_load_segment
 from crash_hotplug.machine.kernel import KernelVersion
 from crash_hotplug.machine.machine import Machine
-from crash_hotplug.machine.physmem import PAGE_SIZE
+from crash_hotplug.machine.physmem import PAGE_SIZE, zeros
 from crash_hotplug.machine.resource import system_ram_ranges, walk_system_ram_res
 
 __all__ = [
@@ -221,7 +221,9 @@ def _userspace_prepare(m: Machine, payload: KexecPayload, hotplug: bool, purgato
     low = next(((s, e) for s, e in walk_system_ram_res(m.iomem) if e <= BACKUP_SRC_END), None)
     backup_src = (low[0], low[1] - low[0] + 1) if low else (0, BACKUP_SRC_END)
     bsz = (backup_src[1] + 1024) & ~1023
-    backup = add(bytes(bsz), bsz, 1024, "backup")
+    # zeros that purgatory fills at panic: the same object every reload, so the digest's prefix
+    # and the segment copy see it unchanged at once
+    backup = add(zeros(bsz), bsz, 1024, "backup")
     hdr = crash_create_elf64_headers(m, (backup_src[0], backup_src[1], backup.mem))
     if hotplug:
         size = arch_crash_get_elfcorehdr_size(m.config)
@@ -299,6 +301,10 @@ def kexec_load(kx: Kexec, entry: int, segments: list[KexecSegment], flags: int) 
 
 def _sanity_check_segment_list(kx: Kexec, segments: list[KexecSegment]) -> None:
     window = kx.crash_windows()[0]
+    # no two segments overlap when, in order of address, each ends before the next begins (one
+    # sort instead of every pair; the pairs are walked only to name the first overlap found)
+    spans = sorted((s.mem, s.mem + s.memsz - 1) for s in segments)
+    disjoint = all(a[1] < b[0] for a, b in zip(spans, spans[1:]))
     for i, s in enumerate(segments):
         if s.mem % PAGE_SIZE or s.memsz % PAGE_SIZE:
             raise KexecError(f"segment {i} at {s.mem:#x} size {s.memsz:#x} is not page aligned", 99)
@@ -306,6 +312,8 @@ def _sanity_check_segment_list(kx: Kexec, segments: list[KexecSegment]) -> None:
             raise KexecError(f"segment {i}: bufsz {s.bufsz:#x} > memsz {s.memsz:#x}")
         if s.mem < window[0] or s.end > window[1]:
             raise KexecError(f"segment {i} [{s.mem:#x}-{s.end:#x}] lies outside crashk_res", 99)
+        if disjoint:
+            continue
         for j, t in enumerate(segments[:i]):
             if s.overlaps(t.mem, t.end):
                 raise KexecError(f"segments {j} and {i} overlap")

@@ -18,7 +18,7 @@ from collections import deque
 from itertools import repeat
 from typing import Final, Protocol
 
-__all__ = ["MODEL_STATE_FILE", "PAGE_SIZE", "MemoryReader", "PhysMem", "page_pattern"]
+__all__ = ["MODEL_STATE_FILE", "PAGE_SIZE", "MemoryReader", "PhysMem", "page_pattern", "zeros"]
 
 PAGE_SIZE: Final = 4096
 #: snapshot file (beside proc/ and sys/) that a model machine writes: JSON with at least
@@ -40,6 +40,19 @@ class MemoryReader(Protocol):
     """Anything that can read physical memory."""
 
     def read(self, paddr: int, size: int) -> bytes: ...
+
+
+def zeros(size: int) -> bytes:
+    """``size`` zero bytes; up to 2 MiB the same object for the same size, so a write of zeros
+    memory already holds (a reload's zeroed buffer where the last one was) is seen at once."""
+    z = _ZEROS.get(size)
+    if z is None:
+        z = bytes(size)
+        if size <= _HELD_SIZES[1]:
+            if len(_ZEROS) >= _HELD_MAX:
+                del _ZEROS[next(iter(_ZEROS))]
+            _ZEROS[size] = z
+    return z
 
 
 def page_pattern(pfn: int, seed: int = 0) -> bytes:
@@ -190,6 +203,14 @@ class PhysMem:
 
     def _store(self, paddr: int, data: bytes) -> None:
         """Put ``data`` in the pages (what a write does once it is known to be allowed)."""
+        pfn, off = divmod(paddr, PAGE_SIZE)
+        if off + len(data) <= PAGE_SIZE and data:
+            # within one page (a table entry, a note): the common case, without the loop
+            page = self._pages.get(pfn)
+            if page is None:
+                page = self._page(pfn)
+            page[off : off + len(data)] = data
+            return
         pos, i = paddr, 0
         while i < len(data):
             pfn, off = divmod(pos, PAGE_SIZE)
@@ -200,15 +221,7 @@ class PhysMem:
 
     def zero(self, paddr: int, size: int) -> None:
         """Fill a range with zeros (a fresh allocation, a cleared buffer)."""
-        zeros = _ZEROS.get(size)
-        if zeros is None:
-            zeros = bytes(size)
-            if size <= _HELD_SIZES[1]:
-                # the same object for the same size, so a zeroing memory already holds is seen at once
-                if len(_ZEROS) >= _HELD_MAX:
-                    del _ZEROS[next(iter(_ZEROS))]
-                _ZEROS[size] = zeros
-        self.write(paddr, zeros)
+        self.write(paddr, zeros(size))
 
     def discard(self, start: int, end: int) -> None:
         """Forget writes to pages in ``[start, end]`` (memory that left the machine)."""
