@@ -181,9 +181,18 @@ def task_pid(cpu: int, counter: int) -> int:
     return 0 if counter == 0 else 1000 + 100 * counter + cpu
 
 
+#: bumped whenever any CPU's ``present`` or ``online`` bit is set (the key of the masks' cache)
+_MASK_GEN = [0]
+
+
 @dataclass
 class CpuState:
     """One possible CPU: its hotplug state, its ``crash_notes`` buffer and what is running on it."""
+
+    def __setattr__(self, name: str, value: object) -> None:
+        object.__setattr__(self, name, value)
+        if name == "online" or name == "present":
+            _MASK_GEN[0] += 1
 
     cpu: int
     present: bool
@@ -225,6 +234,10 @@ class CpuHotplug:
     steps: dict[int, CpuhpStep] = field(default_factory=dict)
     #: (cpu, state, "startup"|"teardown", name) for every callback run, in order
     trace: list[tuple[int, int, str, str]] = field(default_factory=list)
+    #: (key, present mask, online mask): the masks as last computed, valid while no CPU's bits were
+    #: set since and the CPU map is the same (every event of a storm reads them)
+    _masks: tuple[tuple[int, int, int], tuple[int, ...], tuple[int, ...]] | None = field(
+        default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def boot(cls, possible: Iterable[int], present: Iterable[int], online: Iterable[int],
@@ -243,15 +256,25 @@ class CpuHotplug:
         """``cpu_possible_mask``"""
         return tuple(self.cpus)
 
+    def _current_masks(self) -> tuple[tuple[int, int, int], tuple[int, ...], tuple[int, ...]]:
+        cpus = self.cpus
+        key = (_MASK_GEN[0], id(cpus), len(cpus))
+        masks = self._masks
+        if masks is None or masks[0] != key:
+            masks = (key, tuple(compress(cpus, map(_PRESENT, cpus.values()))),
+                     tuple(compress(cpus, map(_ONLINE, cpus.values()))))
+            self._masks = masks
+        return masks
+
     @property
     def present(self) -> tuple[int, ...]:
         """``cpu_present_mask``"""
-        return tuple(compress(self.cpus, map(_PRESENT, self.cpus.values())))
+        return self._current_masks()[1]
 
     @property
     def online(self) -> tuple[int, ...]:
         """``cpu_online_mask``"""
-        return tuple(compress(self.cpus, map(_ONLINE, self.cpus.values())))
+        return self._current_masks()[2]
 
     @property
     def offline(self) -> tuple[int, ...]:
