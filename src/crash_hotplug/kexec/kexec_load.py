@@ -191,6 +191,19 @@ class _Placer:
     def place(self, memsz: int, align: int, hole_min: int = 0) -> int:
         memsz = _align(memsz, PAGE_SIZE)
         align = max(align, PAGE_SIZE)
+        # the hole is a function of the window, what is placed and the request: every reload of
+        # a storm places the same segments in the same order
+        key = (self.window, tuple(self.used), memsz, align, hole_min)
+        base = _PLACED.get(key)
+        if base is None:
+            base = self._locate(memsz, align, hole_min)
+            if len(_PLACED) >= _PLACED_MAX:
+                _PLACED.clear()
+            _PLACED[key] = base
+        self.used.append((base, base + memsz - 1))
+        return base
+
+    def _locate(self, memsz: int, align: int, hole_min: int) -> int:
         base: int | None = None
         for start, end in self._free():
             start = _align(max(start, hole_min), align)
@@ -201,8 +214,12 @@ class _Placer:
                 base = cand
         if base is None:
             raise KexecError(f"kexec-tools: could not find a free area of memory of {memsz:#x} bytes", 99)
-        self.used.append((base, base + memsz - 1))
         return base
+
+
+#: holes found by :meth:`_Placer.place`, by (window, placed so far, memsz, align, hole_min)
+_PLACED: dict[tuple[tuple[int, int], tuple[tuple[int, int], ...], int, int, int], int] = {}
+_PLACED_MAX: Final = 256
 
 
 def _userspace_prepare(m: Machine, payload: KexecPayload, hotplug: bool, purgatory: bytes) -> KexecToolsLoad:
