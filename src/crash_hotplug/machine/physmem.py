@@ -183,6 +183,10 @@ class PhysMem:
 
     def _read(self, paddr: int, size: int) -> bytes:
         first, off = divmod(paddr, PAGE_SIZE)
+        if off + size <= PAGE_SIZE:
+            # within one page (a table entry, a section root): the common case
+            page = self._pages.get(first)
+            return bytes((page if page is not None else self._unwritten(first))[off : off + size])
         last = (paddr + size - 1) // PAGE_SIZE
         pages = self._pages
         unwritten = self._unwritten if self._fills else lambda pfn: page_pattern(pfn, self.seed)
