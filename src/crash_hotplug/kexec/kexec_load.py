@@ -21,6 +21,7 @@ elfcorehdr, purgatory, setup data with the command line, kernel, initrd. No vect
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Final
 
 from crash_hotplug.crash.x86_64 import arch_crash_get_elfcorehdr_size
@@ -321,7 +322,7 @@ def _sanity_check_segment_list(kx: Kexec, segments: list[KexecSegment]) -> None:
     # no two segments overlap when, in order of address, each ends before the next begins (one
     # sort instead of every pair; the pairs are walked only to name the first overlap found)
     spans = sorted((s.mem, s.mem + s.memsz - 1) for s in segments)
-    disjoint = all(a[1] < b[0] for a, b in zip(spans, spans[1:]))
+    disjoint = all(a[1] < b[0] for a, b in pairwise(spans))
     for i, s in enumerate(segments):
         if s.mem % PAGE_SIZE or s.memsz % PAGE_SIZE:
             raise KexecError(f"segment {i} at {s.mem:#x} size {s.memsz:#x} is not page aligned", 99)
