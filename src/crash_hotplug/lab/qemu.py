@@ -33,6 +33,7 @@ __all__ = [
     "KVM_FAILURE_MARKS",
     "VM",
     "MachineConfig",
+    "boot_and_console_args",
     "kvm_probe",
     "kvm_usable",
     "qemu_argv",
@@ -109,6 +110,16 @@ def qemu_argv(
         f"{cfg.memory},slots={cfg.slots},maxmem={cfg.maxmem}",
         "-smp",
         f"{cfg.cpus},maxcpus={cfg.maxcpus},sockets={cfg.maxcpus},cores=1,threads=1",
+        *boot_and_console_args(kernel, initrd, cfg.cmdline, serial_sock, qmp_sock),
+        *cfg.extra_args,
+        *(a for q in quirks for a in q.extra_args),
+    ]
+
+
+def boot_and_console_args(kernel: str, initrd: str, cmdline: str, serial_sock: str, qmp_sock: str) -> list[str]:
+    """What every lab guest has, whatever the machine: no default devices or display, stopped at
+    start, the kernel and initramfs given directly, the serial console and QMP on Unix sockets."""
+    return [
         "-nodefaults",
         "-display",
         "none",
@@ -121,15 +132,13 @@ def qemu_argv(
         "-initrd",
         initrd,
         "-append",
-        cfg.cmdline,
+        cmdline,
         "-chardev",
         f"socket,id=ser0,path={serial_sock},server=on,wait=off",
         "-serial",
         "chardev:ser0",
         "-qmp",
         f"unix:{qmp_sock},server=on,wait=off",
-        *cfg.extra_args,
-        *(a for q in quirks for a in q.extra_args),
     ]
 
 

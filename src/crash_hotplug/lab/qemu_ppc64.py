@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from crash_hotplug.lab.errors import QemuError
+from crash_hotplug.lab.qemu import boot_and_console_args
 
 __all__ = [
     "KERNEL_CMDLINE_PPC64",
@@ -67,25 +68,7 @@ def qemu_argv_ppc64(cfg: Ppc64MachineConfig, kernel: str, initrd: str) -> Callab
             f"{cfg.memory},slots={cfg.slots},maxmem={cfg.maxmem}",
             "-smp",
             f"{cfg.cpus},maxcpus={cfg.maxcpus}",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-vga",
-            "none",
-            "-no-reboot",
-            "-S",
-            "-kernel",
-            kernel,
-            "-initrd",
-            initrd,
-            "-append",
-            cfg.cmdline,
-            "-chardev",
-            f"socket,id=ser0,path={serial_sock},server=on,wait=off",
-            "-serial",
-            "chardev:ser0",
-            "-qmp",
-            f"unix:{qmp_sock},server=on,wait=off",
+            *boot_and_console_args(kernel, initrd, cfg.cmdline, serial_sock, qmp_sock),
         ]
 
     return build

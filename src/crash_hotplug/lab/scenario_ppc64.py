@@ -30,6 +30,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from crash_hotplug.crash.vmcore import merge_ranges
 from crash_hotplug.elf.prstatus_ppc64 import ElfPrstatusPpc64
 from crash_hotplug.elf.structs import Elf64_Phdr
 from crash_hotplug.lab.debian import KernelPackage, cache_dir
@@ -88,16 +89,6 @@ def _be(path: Path) -> int | None:
         return None
 
 
-def _merge(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    out: list[tuple[int, int]] = []
-    for s, e in sorted(ranges):
-        if out and s <= out[-1][1] + 1:
-            out[-1] = (out[-1][0], max(out[-1][1], e))
-        else:
-            out.append((s, e))
-    return out
-
-
 def ppc64_ram_check(root: Path, loads: list[Elf64_Phdr]) -> dict[str, Any]:
     """The header's RAM against ``/proc/iomem``: top-level System RAM minus the crashkernel region
     of ``/proc/device-tree/chosen``, against the merged PT_LOADs other than the RTAS one."""
@@ -112,7 +103,7 @@ def ppc64_ram_check(root: Path, loads: list[Elf64_Phdr]) -> dict[str, Any]:
     rtas_base, rtas_size = _be(dt / "rtas/linux,rtas-base"), _be(dt / "rtas/rtas-size")
     crash = (base, base + size - 1) if base is not None and size else None
     expected: list[tuple[int, int]] = []
-    for s, e in _merge(ram):
+    for s, e in merge_ranges(ram):
         if crash is not None and s <= crash[1] and crash[0] <= e:
             if s < crash[0]:
                 expected.append((s, crash[0] - 1))
@@ -123,7 +114,7 @@ def ppc64_ram_check(root: Path, loads: list[Elf64_Phdr]) -> dict[str, Any]:
     rtas = (rtas_base, rtas_base + rtas_size - 1) if rtas_base is not None and rtas_size else None
     phdrs = [(p.p_paddr, p.p_paddr + p.p_memsz - 1) for p in loads]
     in_rtas = [r for r in phdrs if rtas is not None and rtas[0] <= r[0] <= rtas[1]]
-    ram_loads = _merge([r for r in phdrs if r not in in_rtas])
+    ram_loads = merge_ranges([r for r in phdrs if r not in in_rtas])
     return {
         "header_matches_iomem_system_ram": ram_loads == expected,
         "iomem_system_ram_minus_crashkernel": [hexrange(r) for r in expected],
