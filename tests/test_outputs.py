@@ -9,20 +9,13 @@ from click.testing import CliRunner, Result
 
 from crash_hotplug.cli import cli, example_root
 from crash_hotplug.cli.common import OutputError, check_output_dir, check_output_file
+from tests.cli_results import one_line_exit_2
 
 DEV_FULL = Path("/dev/full")
 
 
 def run(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-
-def one_line_exit_2(res: Result, *needles: str) -> None:
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, res.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def test_check_output_file(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from crash_hotplug.cli import cli
+from tests.cli_results import one_line_exit_2
 from tests.conftest import needs_vectors
 from tests.hostile.common import copy_root
 
@@ -19,15 +20,6 @@ CPU = "sys/devices/system/cpu"
 
 def run(*args: str | Path) -> Result:
     return CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False)
-
-
-def one_line_exit_2(res: Result, *needles: str) -> str:
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, res.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture

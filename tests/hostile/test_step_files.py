@@ -13,6 +13,7 @@ from click.testing import CliRunner, Result
 
 from crash_hotplug.cli import cli
 from crash_hotplug.scenario import SCRIPTED_STEPS, check_steps
+from tests.cli_results import one_line_exit_2
 
 LOAD = {"op": "load"}
 
@@ -23,15 +24,6 @@ def run_steps(tmp_path: Path, steps: Any, raw: str | None = None) -> tuple[Resul
     res = CliRunner().invoke(cli, ["scenario", "run", "-o", str(tmp_path / "out"), "--steps", str(f)],
                              catch_exceptions=False)
     return res, f
-
-
-def one_line_exit_2(res: Result, *needles: str) -> str:
-    assert res.exit_code == 2, res.output
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1, res.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.mark.parametrize("bad, field, why", [

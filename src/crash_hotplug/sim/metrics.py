@@ -11,7 +11,7 @@ from typing import Any
 
 from crash_hotplug.sim.engine import Timeline
 
-__all__ = ["ApproachMetrics", "measure", "wilson"]
+__all__ = ["ApproachMetrics", "measure", "merge_intervals", "wilson"]
 
 
 def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -56,7 +56,8 @@ class ApproachMetrics:
         return asdict(self)
 
 
-def _merge(iv: list[tuple[float, float]]) -> list[tuple[float, float]]:
+def merge_intervals(iv: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """Time intervals sorted, with overlapping and touching ones joined."""
     out: list[tuple[float, float]] = []
     for s, e in sorted(iv):
         if out and s <= out[-1][1]:
@@ -74,7 +75,7 @@ def measure(tl: Timeline, *, horizon: float, panics: int = 10_000, seed: int = 0
         segments.append((t, min(end, horizon), loaded, true))
     unloaded = [(s, e) for s, e, loaded, _ in segments if not loaded and e > s]
     stale = sum(e - s for s, e, loaded, true in segments if loaded and not true)
-    blocked = _merge([(s, e) for s, e, _ in tl.blocked])
+    blocked = merge_intervals([(s, e) for s, e, _ in tl.blocked])
     last_event = tl.events[-1] if tl.events else 0.0
     settle: float | None = None
     if segments and segments[-1][2] and segments[-1][3]:
@@ -108,7 +109,7 @@ def measure(tl: Timeline, *, horizon: float, panics: int = 10_000, seed: int = 0
         dropped_events=tl.dropped,
         deferred_events=tl.deferred,
         waited_events=tl.waited,
-        kdump_busy_s=sum(e - s for s, e in _merge(tl.reload_busy)),
+        kdump_busy_s=sum(e - s for s, e in merge_intervals(tl.reload_busy)),
         reload_failures=tl.reload_failures,
         storm_s=(tl.events[-1] - tl.events[0]) if tl.events else 0.0,
         max_lag_s=max(tl.lags) if tl.lags else None,

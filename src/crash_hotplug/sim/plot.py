@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from crash_hotplug.sim.engine import Timeline
-from crash_hotplug.sim.metrics import ApproachMetrics
+from crash_hotplug.sim.metrics import ApproachMetrics, merge_intervals
 from crash_hotplug.sim.units import fmt_duration
 
 __all__ = ["LANES", "build_figure", "lane_spans", "plot_timelines"]
@@ -25,16 +25,6 @@ RED, ORANGE, PURPLE, BLUE, GREY = "#d62728", "#ff9f1c", "#7b2cbf", "#1f77b4", "#
 #: lanes of a row, bottom to top: (label, colour); the marker track is the lowest
 LANES = (("events", GREY), ("blocked", PURPLE), ("stale", ORANGE), ("no image", RED))
 _LANE_H = 0.8
-
-
-def _merge(iv: list[tuple[float, float]]) -> list[tuple[float, float]]:
-    out: list[tuple[float, float]] = []
-    for s, e in sorted(iv):
-        if out and s <= out[-1][1]:
-            out[-1] = (out[-1][0], max(out[-1][1], e))
-        else:
-            out.append((s, e))
-    return out
 
 
 def lane_spans(tl: Timeline, horizon: float) -> dict[str, list[tuple[float, float]]]:
@@ -50,7 +40,7 @@ def lane_spans(tl: Timeline, horizon: float) -> dict[str, list[tuple[float, floa
         elif not true:
             stale.append((t, end))
     return {"no image": unloaded, "stale": stale,
-            "blocked": _merge([(s, min(e, horizon)) for s, e, _ in tl.blocked if s < horizon])}
+            "blocked": merge_intervals([(s, min(e, horizon)) for s, e, _ in tl.blocked if s < horizon])}
 
 
 def _row(ax: Any, tl: Timeline, spans: dict[str, list[tuple[float, float]]], lo: float, hi: float,
