@@ -47,28 +47,35 @@ class GuardedPhysMem(PhysMem):
         return any(not (paddr + size - 1 < s or paddr > e) for s, e in self._ro)
 
     def write(self, paddr: int, data: bytes) -> None:
-        if not data:
+        n = len(data)
+        if not n:
             return
+        last = paddr + n - 1
         for rng in self._ro:
-            if not (paddr + len(data) - 1 < rng[0] or paddr > rng[1]):
-                raise ProtectedMemoryWriteError(paddr, len(data), rng)
+            if last >= rng[0] and paddr <= rng[1]:
+                raise ProtectedMemoryWriteError(paddr, n, rng)
         self.writes += 1
         if self._held:
-            if self._holds(paddr, data):
+            held = self._held.get((paddr, n))
+            if held is not None and (held is data or held == data):
                 # memory holds these bytes already (a reload's segment where the last load put it)
                 return
-            self._changing(paddr, paddr + len(data), data)
-        # whole pages are stored as they are (no need to start from the pattern)
-        head = min(len(data), -paddr % PAGE_SIZE)
-        if head == 0 and len(data) == PAGE_SIZE:
-            # one whole page (a header page copied by the hotplug handler)
-            self._pages[paddr // PAGE_SIZE] = bytearray(data)
-            self._page_span(paddr // PAGE_SIZE, paddr // PAGE_SIZE + 1)
-            return
-        if head == len(data):
+            self._changing(paddr, paddr + n, data)
+        pfn, off = divmod(paddr, PAGE_SIZE)
+        if off + n <= PAGE_SIZE:
+            if n == PAGE_SIZE:
+                # one whole page (a header page copied by the hotplug handler), stored as it is
+                self._pages[pfn] = bytearray(data)
+                self._page_span(pfn, pfn + 1)
+                return
             # within one page (the 8-byte table entries, the notes)
-            self._store(paddr, data)
+            page = self._pages.get(pfn)
+            if page is None:
+                page = self._page(pfn)
+            page[off : off + n] = data
             return
+        # whole pages are stored as they are (no need to start from the pattern)
+        head = -paddr % PAGE_SIZE
         if head:
             self._store(paddr, data[:head])
         whole = (len(data) - head) // PAGE_SIZE
