@@ -212,9 +212,15 @@ class PhysMem:
         if first == last:
             page = pages.get(first)
             return bytes((page if page is not None else unwritten(first))[off : off + size])
+        parts: list[bytes | bytearray | memoryview]
         parts = [pages.get(pfn) or unwritten(pfn) for pfn in range(first, last + 1)]
-        whole = b"".join(parts)
-        return whole[off : off + size] if off or len(whole) != size else whole
+        # the partial first and last pages joined through views (one copy of the bytes asked for)
+        if off:
+            parts[0] = memoryview(parts[0])[off:]
+        tail = paddr + size - last * PAGE_SIZE
+        if tail < PAGE_SIZE:
+            parts[-1] = memoryview(parts[-1])[:tail]
+        return b"".join(parts)
 
     def write(self, paddr: int, data: bytes) -> None:
         self.writes += 1
