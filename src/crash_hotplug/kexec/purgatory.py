@@ -229,14 +229,23 @@ class PurgatoryObject:
         return cls(data, e_entry, sections, tuple(symbols))
 
     def find_symbol(self, name: str) -> Symbol:
-        """``kexec_purgatory_find_symbol``: a global symbol of that name in a real section."""
+        """``kexec_purgatory_find_symbol``: a global symbol of that name in a real section (the
+        first global of that name in table order, as the kernel's walk meets it)."""
+        sym = self._globals.get(name)
+        if sym is None:
+            raise PurgatoryError(f"purgatory has no global symbol {name}")
+        if sym.st_shndx == SHN_UNDEF or sym.st_shndx >= len(self.sections):
+            raise PurgatoryError(f"symbol {name} has bad section index {sym.st_shndx}")
+        return sym
+
+    @functools.cached_property
+    def _globals(self) -> dict[str, Symbol]:
+        """The first global symbol of each name (the object is immutable: made once per object)."""
+        out: dict[str, Symbol] = {}
         for sym in self.symbols:
-            if sym.bind != STB_GLOBAL or sym.name != name:
-                continue
-            if sym.st_shndx == SHN_UNDEF or sym.st_shndx >= len(self.sections):
-                raise PurgatoryError(f"symbol {name} has bad section index {sym.st_shndx}")
-            return sym
-        raise PurgatoryError(f"purgatory has no global symbol {name}")
+            if sym.bind == STB_GLOBAL:
+                out.setdefault(sym.name, sym)
+        return out
 
 
 #: objects parsed by :meth:`PurgatoryObject.parse`, by their bytes
