@@ -45,14 +45,18 @@ from crash_hotplug.machine.uevent import Uevent
 
 __all__ = [
     "KDUMP_UTILS_RULES",
+    "PPC64_ARCHES",
     "RULES_ALWAYS_RELOAD",
     "RULES_CRASH_HOTPLUG_AWARE",
     "UdevDaemon",
     "bundled_rules",
+    "bundled_rules_name",
     "bundled_rules_text",
+    "without_fadump",
 ]
 
-#: kdump-utils' ``98-kexec.rules`` as it ships it (origin: ``data/udev/README.md``)
+#: kdump-utils' ``98-kexec.rules`` as it ships it (origin: ``data/udev/README.md``); its ppc64 variant
+#: is the same name with ``.ppc64``
 KDUMP_UTILS_RULES = "kdump-utils-98-kexec.rules"
 #: the crash_hotplug-aware rule with the throttler: kdump-utils' own
 RULES_CRASH_HOTPLUG_AWARE = KDUMP_UTILS_RULES
@@ -64,18 +68,41 @@ _RUN_VALUES = frozenset({"--unit", "-u", "--description", "--property", "-p", "-
                          "--nice", "--setenv", "-E", "--working-directory"})
 
 
+#: architectures on which kdump-utils installs ``98-kexec.rules.ppc64`` as its ``98-kexec.rules``
+PPC64_ARCHES = ("ppc64", "ppc64le")
+
+
 def bundled_rules_text(name: str) -> str:
     """The text of a rule file shipped with the package (``data/udev``), as shipped."""
     return (resources.files("crash_hotplug") / "data" / "udev" / name).read_text()
 
 
-def bundled_rules(name: str) -> list[RuleFile]:
-    """One of the rule files shipped with the package (``data/udev``)."""
-    return [parse_rules(bundled_rules_text(name), name)]
+def bundled_rules_name(name: str, arch: str = "x86_64") -> str:
+    """The file installed for ``name`` on ``arch``: on ppc64/ppc64le the ``.ppc64`` variant where one
+    is shipped (kdump-utils' Makefile installs ``98-kexec.rules.ppc64`` as ``98-kexec.rules`` there)."""
+    if arch in PPC64_ARCHES and (resources.files("crash_hotplug") / "data" / "udev" / f"{name}.ppc64").is_file():
+        return f"{name}.ppc64"
+    return name
+
+
+def bundled_rules(name: str, arch: str = "x86_64") -> list[RuleFile]:
+    """One of the rule files shipped with the package (``data/udev``), as installed on ``arch``."""
+    chosen = bundled_rules_name(name, arch)
+    return [parse_rules(bundled_rules_text(chosen), chosen)]
 
 
 def _no_file(path: str) -> str | None:
     raise ShellError(f"{path}: a file the model of this host does not hold")
+
+
+def without_fadump(path: str) -> str | None:
+    """The files of a powerpc kernel without firmware-assisted dump, as kdump-utils' ppc64 rule reads
+    them: ``/sys/kernel/fadump`` does not exist (``fadump_init_files`` never ran: the model has no
+    fadump, and the ppc64le vectors' Debian 6.12 kernel is built without ``CONFIG_FA_DUMP``). Any
+    other path is not held."""
+    if path.startswith("/sys/kernel/fadump/"):
+        return None
+    return _no_file(path)
 
 
 @dataclass

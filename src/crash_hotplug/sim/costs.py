@@ -88,7 +88,7 @@ THROTTLED = LegacyPath(
     "kdump-utils v1.0.61 98-kexec.rules (x86_64, unchanged; rhkdump/kdump-utils, text as of commit 659e0aa): "
     "unless crash_hotplug reads 1, systemctl is-active kdump.service, then systemd-run --no-block "
     "kdump-udev-throttler (1 s sleep, udevadm settle --timeout 3, one kdumpctl reload per burst); "
-    "kdumpctl reload: kexec -p -u, kexec -s -p (KEXEC_ARGS=-s on x86_64)")
+    "kdumpctl reload: kexec -p -u, kexec -s -p (KEXEC_ARGS=-s on x86_64); on ppc64le its 98-kexec.rules.ppc64")
 #: the rule from before crash hotplug, reloading with ``kexec -s -p``
 ALWAYS = LegacyPath("98-kdump-reload-always.rules", "kexec_file_load",
                     "every CPU add/remove and memory online/offline runs kdumpctl reload (kexec -s -p)")
