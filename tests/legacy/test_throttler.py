@@ -207,3 +207,18 @@ def test_systemctl_and_systemd_run_are_priced_and_sourced() -> None:
     assert run.udev.queue_empty_at() is None and run.udev.throttler.started == 1
     m.clock.run_until_idle()
     assert run.kdump.busy == [(0.031 + THROTTLE_SLEEP, 0.031 + THROTTLE_SLEEP)]
+
+
+def test_rules_that_look_at_the_device_are_evaluated_per_event() -> None:
+    """The RUN list is kept per (subsystem, action, crash_hotplug) only for rules that look at
+    nothing else: a rule matching KERNEL is evaluated for every event."""
+    from crash_hotplug.legacy.udevd import UdevDaemon
+    from crash_hotplug.machine.uevent import Uevent
+
+    m, svc = _service()
+    rf = parse_rules('SUBSYSTEM=="memory", KERNEL=="memory1", RUN+="/usr/bin/kdumpctl reload"\n', "t.rules")
+    udev = UdevDaemon(svc, [rf], lambda: None).attach()
+    for name in ("memory0", "memory1", "memory2"):
+        m.uevents.send(Uevent("online", "memory", name))
+    m.clock.run_until_idle()
+    assert udev.events == 3 and udev.reload_requests == 1 and svc.reloads == 1
