@@ -389,18 +389,19 @@ def kexec_load(kx: Kexec, entry: int, segments: list[KexecSegment], flags: int) 
 
 
 def _sanity_check_segment_list(kx: Kexec, segments: list[KexecSegment]) -> None:
-    window = kx.crash_windows()[0]
+    lo, hi = kx.crash_windows()[0]
     # no two segments overlap when, in order of address, each ends before the next begins (one
     # sort instead of every pair; the pairs are walked only to name the first overlap found)
-    spans = sorted((s.mem, s.mem + s.memsz - 1) for s in segments)
+    spans = sorted([(s.mem, s.mem + s.memsz - 1) for s in segments])
     disjoint = all(a[1] < b[0] for a, b in pairwise(spans))
     for i, s in enumerate(segments):
-        if s.mem % PAGE_SIZE or s.memsz % PAGE_SIZE:
-            raise KexecError(f"segment {i} at {s.mem:#x} size {s.memsz:#x} is not page aligned", 99)
-        if s.bufsz > s.memsz:
-            raise KexecError(f"segment {i}: bufsz {s.bufsz:#x} > memsz {s.memsz:#x}")
-        if s.mem < window[0] or s.end > window[1]:
-            raise KexecError(f"segment {i} [{s.mem:#x}-{s.end:#x}] lies outside crashk_res", 99)
+        mem, memsz = s.mem, s.memsz
+        if mem % PAGE_SIZE or memsz % PAGE_SIZE:
+            raise KexecError(f"segment {i} at {mem:#x} size {memsz:#x} is not page aligned", 99)
+        if s.bufsz > memsz:
+            raise KexecError(f"segment {i}: bufsz {s.bufsz:#x} > memsz {memsz:#x}")
+        if mem < lo or mem + memsz - 1 > hi:
+            raise KexecError(f"segment {i} [{mem:#x}-{s.end:#x}] lies outside crashk_res", 99)
         if disjoint:
             continue
         for j, t in enumerate(segments[:i]):
