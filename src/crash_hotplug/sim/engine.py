@@ -235,6 +235,8 @@ class _Observer:
         self.event_times: list[float] = []
         self._memory_changes = 0
         self._hdr_key: tuple[object, ...] | None = None
+        self._addr_key: tuple[object, ...] | None = None
+        self._addr = 0
         self._table: bytes | None = None
         self._hdr: tuple[list[tuple[int, int]], set[int]] = ([], set())
         self._want_key: tuple[object, ...] | None = None
@@ -337,7 +339,12 @@ class _Observer:
         self._last = (hdr_key, want_key)
         if hdr_key != self._hdr_key:
             self._hdr_key = hdr_key
-            table = _header_table(m.mem.read, _header_addr(image))
+            # where the header is changes only with the image, its command line and active slot
+            addr_key = (image, image.cmdline, image.elfcorehdr_active)
+            if self._addr_key is None or any(a is not b for a, b in zip(addr_key, self._addr_key, strict=True)):
+                self._addr_key = addr_key
+                self._addr = _header_addr(image)
+            table = _header_table(m.mem.read, self._addr)
             if table != self._table:
                 self._table = table
                 ram, notes = _ram_and_notes(table)
