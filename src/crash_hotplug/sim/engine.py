@@ -12,10 +12,9 @@ the image hidden during a copy -- come from the handlers and the reload path the
 from __future__ import annotations
 
 import bisect
-import contextlib
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from crash_hotplug.crash.arch import Outcome
@@ -375,46 +374,46 @@ class _Observer:
             self.states.append((t, loaded, true))
 
 
-@contextlib.contextmanager
-def _refusals_named(op: SimOp) -> Iterator[None]:
-    """What the machine refuses while running ``op`` becomes a :class:`SimError` naming the op."""
-    try:
-        yield
-    except CrashHotplugError as e:
-        if isinstance(e, SimError):
-            raise
-        raise SimError(f"{op.origin or f't={op.t:.3f}s'}: {op.op} {op.args}: {e}") from None
-    except (KeyError, IndexError) as e:
-        raise SimError(f"{op.origin or f't={op.t:.3f}s'}: {op.op} {op.args}: no such {e}") from None
+def _refused(op: SimOp, e: Exception) -> SimError:
+    """What the machine refused while running ``op``, as a :class:`SimError` naming the op."""
+    if isinstance(e, SimError):
+        return e
+    what = "no such " if isinstance(e, (KeyError, IndexError)) else ""
+    return SimError(f"{op.origin or f't={op.t:.3f}s'}: {op.op} {op.args}: {what}{e}")
 
 
 def _apply(m: Machine, op: SimOp, blocks_of: dict[str, list[int]] | None = None) -> None:
     """Run one operation on the machine; ``blocks_of`` caches each DIMM's block indices."""
+    try:
+        _apply_op(m, op, {} if blocks_of is None else blocks_of)
+    except (CrashHotplugError, KeyError, IndexError) as e:
+        raise _refused(op, e) from None
+
+
+def _apply_op(m: Machine, op: SimOp, cache: dict[str, list[int]]) -> None:
     a = op.args
-    cache = {} if blocks_of is None else blocks_of
-    with _refusals_named(op):
-        if op.op == "dimm_add":
-            m.add_dimm(int(a["size"]), name=str(a["name"]), start=a.get("start"), online="offline")
-            cache.pop(str(a["name"]), None)
-        elif op.op in ("block_online", "block_offline"):
-            name = str(a["dimm"])
-            if name not in cache:
-                cache[name] = m.memory.dimm_blocks(name)
-            idx = cache[name][int(a["block"])]
-            (m.memory_block_online if op.op == "block_online" else m.memory_block_offline)(idx)
-        elif op.op == "dimm_remove":
-            cache.pop(str(a["name"]), None)
-            m.remove_dimm(str(a["name"]))
-        elif op.op == "cpu_add":
-            m.cpu_hot_add(int(a["cpu"]))
-        elif op.op == "cpu_online":
-            m.cpu_online(int(a["cpu"]))
-        elif op.op == "cpu_offline":
-            m.cpu_offline(int(a["cpu"]))
-        elif op.op == "cpu_remove":
-            m.cpu_hot_remove(int(a["cpu"]))
-        else:
-            raise SimError(f"unknown operation {op.op!r}")
+    if op.op == "dimm_add":
+        m.add_dimm(int(a["size"]), name=str(a["name"]), start=a.get("start"), online="offline")
+        cache.pop(str(a["name"]), None)
+    elif op.op in ("block_online", "block_offline"):
+        name = str(a["dimm"])
+        if name not in cache:
+            cache[name] = m.memory.dimm_blocks(name)
+        idx = cache[name][int(a["block"])]
+        (m.memory_block_online if op.op == "block_online" else m.memory_block_offline)(idx)
+    elif op.op == "dimm_remove":
+        cache.pop(str(a["name"]), None)
+        m.remove_dimm(str(a["name"]))
+    elif op.op == "cpu_add":
+        m.cpu_hot_add(int(a["cpu"]))
+    elif op.op == "cpu_online":
+        m.cpu_online(int(a["cpu"]))
+    elif op.op == "cpu_offline":
+        m.cpu_offline(int(a["cpu"]))
+    elif op.op == "cpu_remove":
+        m.cpu_hot_remove(int(a["cpu"]))
+    else:
+        raise SimError(f"unknown operation {op.op!r}")
 
 
 def _legacy_setup(approach: str, costs: CostModel) -> tuple[str, str | None]:
@@ -471,7 +470,7 @@ def _simulate_ppc64(approach: str, plan: Plan, costs: CostModel, guest: Ppc64Gue
 def _apply_ppc64(run: Ppc64SimRun, op: SimOp) -> None:
     """One operation as DLPAR does it: a block event is one LMB added (and onlined) or removed."""
     a = op.args
-    with _refusals_named(op):
+    try:
         if op.op == "dimm_add":
             run.dimm_add(str(a["name"]), int(a["size"]))
         elif op.op == "block_online":
@@ -482,6 +481,8 @@ def _apply_ppc64(run: Ppc64SimRun, op: SimOp) -> None:
             run.dimm_remove(str(a["name"]))
         else:
             raise SimError(f"{op.op}: not modelled on ppc64le (memory storms only)")
+    except (CrashHotplugError, KeyError, IndexError) as e:
+        raise _refused(op, e) from None
 
 
 def _run_plan(run: ScenarioRun | Ppc64SimRun, approach: str, plan: Plan, apply: Callable[[SimOp], None],
