@@ -13,6 +13,7 @@ from click.testing import CliRunner
 
 from crash_hotplug.cli import cli
 from crash_hotplug.legacy.udev import HotplugEvent, kdump_effect, load_rules
+from crash_hotplug.legacy.udevd import KDUMP_UTILS_RULES, bundled_rules_text
 from tests.conftest import VECTORS, needs_vectors
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "udev"
@@ -41,6 +42,8 @@ EXPECTED: dict[str, dict[str, str | None]] = {
     "suse-kdump": {"memory add": f"{SUSE}:14", "memory remove": f"{SUSE}:14"},
     "suse-kdump-1.9": {"memory add": f"{SUSE}:14", "memory remove": f"{SUSE}:14"},
 }
+#: rule sets whose file is the package data the simulator runs (one copy): set -> (path, bundled name)
+PACKAGED = {"kdump-utils": (RH.lstrip("/"), KDUMP_UTILS_RULES)}
 #: rule sets that check crash_hotplug and leave the update to the kernel when it reads 1
 AWARE = {"kdump-utils", "suse-kdump"}
 
@@ -54,7 +57,12 @@ def install(tmp_path: Path, rule_set: str, crash_hotplug: str | None, kernel: st
     assert VECTORS is not None
     root = tmp_path / "root"
     shutil.copytree(VECTORS / f"{kernel}/base/S0/root", root)
-    shutil.copytree(DATA / rule_set, root, dirs_exist_ok=True)
+    if rule_set in PACKAGED:
+        path, name = PACKAGED[rule_set]
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(bundled_rules_text(name))
+    else:
+        shutil.copytree(DATA / rule_set, root, dirs_exist_ok=True)
     for sub in ("cpu", "memory"):
         f = root / f"sys/devices/system/{sub}/crash_hotplug"
         if crash_hotplug is not None:

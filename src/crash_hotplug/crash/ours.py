@@ -25,6 +25,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import compress
+from operator import attrgetter, not_
 
 from crash_hotplug.crash.arch import Outcome
 from crash_hotplug.crash.core import CrashMemError
@@ -52,6 +54,10 @@ OURS = Design(
     updates_on_cpu_events=False,
     elfcorehdr_in_digest=False,
 )
+
+
+#: a memory block's ``online`` flag
+_ONLINE = attrgetter("online")
 
 
 @dataclass(frozen=True)
@@ -171,9 +177,10 @@ class OursCrashHotplug(CrashHotplug):
         machine = self.kexec.machine
         exclude: list[tuple[int, int]] = []
         if self.options.online_only:
-            for index in sorted(machine.memory.blocks):
-                if machine.memory.blocks[index].online:
-                    continue
+            blocks = machine.memory.blocks
+            # the offline ones of every block (a storm's thousands), picked at C speed
+            offline = sorted(compress(blocks, map(not_, map(_ONLINE, blocks.values()))))
+            for index in offline:
                 start, end = machine.memory.block_range(index)
                 if exclude and exclude[-1][1] + 1 == start:
                     exclude[-1] = (exclude[-1][0], end)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import functools
 import os
 import re
 import sys
@@ -93,10 +94,12 @@ def note_p_align(version: KernelVersion | None) -> int:
     return 4 if version is None or version >= _NOTE_ALIGN_4_SINCE else 0
 
 
+@functools.lru_cache(maxsize=64)
 def parse_elfcorehdr_param(cmdline: str) -> int:
     """The address in a capture kernel's ``elfcorehdr=[size[KMG]@]offset[KMG]`` (``setup_elfcorehdr``).
 
-    Raises ``ValueError`` when the command line has no usable ``elfcorehdr=``.
+    Raises ``ValueError`` when the command line has no usable ``elfcorehdr=``. A function of the
+    string alone: the last few answers are kept (a reload storm asks about the same line again).
     """
     m = re.search(r"(?:^|\s)elfcorehdr=(\S+)", cmdline)
     if not m:

@@ -59,28 +59,35 @@ def prepare_elf_headers(state: KernelState, extra_exclusions: Sequence[tuple[int
     ``extra_exclusions`` is not upstream: the ``ours`` design cuts offline memory blocks out too
     (one more spare slot per exclusion, since each may split a range).
     """
-    key = _headers_key(state, extra_exclusions)
+    rams = system_ram_ranges(state.iomem)
+    rest = _headers_key(state, extra_exclusions)
+    last = _LAST_BUILT.get("last")
+    if last is not None and last[0] is rams and last[1] == rest:
+        return last[2]
+    key = (rams, *rest)
     hit = _BUILT.get(key)
-    if hit is not None:
-        return hit
-    cmem = fill_up_crash_elf_data(state)
-    elf_header_exclude_ranges(state, cmem)
-    if extra_exclusions:
-        cmem.max_nr_ranges += len(extra_exclusions)
-        for start, end in extra_exclusions:
-            crash_exclude_mem_range(cmem, start, end, rewritten=True)
-    built = crash_prepare_elf64_headers(state, cmem, need_kernel_map=True), cmem.nr_ranges
-    if len(_BUILT) >= _BUILT_MAX:
-        del _BUILT[next(iter(_BUILT))]
-    _BUILT[key] = built
-    return built
+    if hit is None:
+        cmem = fill_up_crash_elf_data(state)
+        elf_header_exclude_ranges(state, cmem)
+        if extra_exclusions:
+            cmem.max_nr_ranges += len(extra_exclusions)
+            for start, end in extra_exclusions:
+                crash_exclude_mem_range(cmem, start, end, rewritten=True)
+        hit = crash_prepare_elf64_headers(state, cmem, need_kernel_map=True), cmem.nr_ranges
+        if len(_BUILT) >= _BUILT_MAX:
+            del _BUILT[next(iter(_BUILT))]
+        _BUILT[key] = hit
+    # the System RAM tuple is held with the result, so a later tree's tuple is never taken for it
+    _LAST_BUILT["last"] = (rams, rest, hit)
+    return hit
 
 
 def _headers_key(state: KernelState, extra_exclusions: Sequence[tuple[int, int]]) -> tuple[object, ...]:
-    """Everything :func:`prepare_elf_headers` reads, by value: equal keys build equal bytes (the
-    possible CPUs size the buffer even where the present ones get the notes)."""
+    """Everything :func:`prepare_elf_headers` reads but the System RAM ranges, by value: with equal
+    ranges, equal keys build equal bytes (the possible CPUs size the buffer even where the present
+    ones get the notes)."""
     cpus = state.header_cpus
-    return (system_ram_ranges(state.iomem), state.config, state.crashk_res, state.crashk_low_res,
+    return (state.config, state.crashk_res, state.crashk_low_res,
             tuple(extra_exclusions), state.possible, cpus, tuple(map(state.crash_notes.__getitem__, cpus)),
             state.crash_notes_size,
             state.vmcoreinfo_paddr, state.vmcoreinfo_size, state.text_vaddr, state.text_paddr, state.text_size,
@@ -91,6 +98,9 @@ def _headers_key(state: KernelState, extra_exclusions: Sequence[tuple[int, int]]
 #: same header for every block of a DIMM: on x86 the System RAM resource is the whole DIMM's)
 _BUILT: dict[tuple[object, ...], tuple[bytes, int]] = {}
 _BUILT_MAX = 8
+#: the last result handed out, with the System RAM tuple (compared by identity: the tree's tuple
+#: stays the same object until the tree changes) and the rest of its key (compared by value)
+_LAST_BUILT: dict[str, tuple[tuple[tuple[int, int], ...], tuple[object, ...], tuple[bytes, int]]] = {}
 
 
 def crash_load_segments_memsz(config: KernelConfig, bufsz: int, nr_mem_ranges: int) -> int:

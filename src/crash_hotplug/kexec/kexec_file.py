@@ -258,8 +258,9 @@ def kexec_purgatory_repatch(kx: Kexec, image: Kimage) -> bytes:
     if pi is None:
         raise KexecError("image has no purgatory")
     mem = kx.machine.mem
-    chosen = [(mem.read(s.mem, s.memsz), s.mem, s.memsz)
-              for i, s in enumerate(image.segments) if i != image.purgatory_index]
+    read = mem.read
+    skip = image.purgatory_index
+    chosen = [(read(s.mem, s.memsz), s.mem, s.memsz) for i, s in enumerate(image.segments) if i != skip]
     regions, digest = sha256_segments(chosen)
     regions_sym, digest_sym = image.digest_symbols
     table = pack_sha_regions(regions)

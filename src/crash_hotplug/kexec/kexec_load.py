@@ -54,7 +54,7 @@ from crash_hotplug.kexec.segments import kimage_load_segment
 from crash_hotplug.machine.kernel import KernelVersion
 from crash_hotplug.machine.machine import Machine
 from crash_hotplug.machine.physmem import PAGE_SIZE, zeros
-from crash_hotplug.machine.resource import system_ram_ranges, walk_system_ram_res
+from crash_hotplug.machine.resource import system_ram_ranges
 
 __all__ = [
     "KEXEC_TOOLS_ELF_CORE_HEADER_ALIGN",
@@ -115,23 +115,36 @@ def _exclude_crashkernel(ranges: list[tuple[int, int]], crashk: tuple[int, int] 
 
 def crash_create_elf64_headers(m: Machine, backup: tuple[int, int, int] | None = None) -> bytes:
     """kexec-tools' elfcorehdr (``crash_create_elf64_headers``) for the machine as userspace sees
-    it now, padded to 1024 bytes. ``backup`` is (source start, source size, backup address)."""
-    cpus = [(m.cpus.cpu(c).crash_notes, m.crash_notes_size) for c in m.cpus.present]
+    it now, padded to 1024 bytes. ``backup`` is (source start, source size, backup address).
+
+    The same inputs give the same bytes object: the last header is handed out again while the
+    System RAM tuple of the iomem tree is the same object (the tree did not change) and the rest
+    is equal; else the last few headers are looked up by value."""
+    cpus = tuple([(m.cpus.cpu(c).crash_notes, m.crash_notes_size) for c in m.cpus.present])
+    rams = system_ram_ranges(m.iomem)
+    rest = (cpus, m.crashk_res, backup, m.vmcoreinfo_paddr, m.vmcoreinfo_size, m.text_paddr, m.text_vaddr,
+            m.text_size, m.page_offset)
+    last = _LAST_HEADER.get("last")
+    if last is not None and last[0] is rams and last[1] == rest:
+        return last[2]
     ranges = _crash_memory_ranges(m)
-    key = (tuple(cpus), tuple(ranges), backup, m.vmcoreinfo_paddr, m.vmcoreinfo_size, m.text_paddr, m.text_vaddr,
-           m.text_size, m.page_offset)
+    key = (cpus, tuple(ranges), *rest[1:])
     hit = _HEADERS.get(key)
     if hit is None:
-        hit = _build_elf64_headers(m, cpus, ranges, backup)
+        hit = _build_elf64_headers(m, list(cpus), ranges, backup)
         if len(_HEADERS) >= 8:
             del _HEADERS[next(iter(_HEADERS))]
         _HEADERS[key] = hit
+    # the tuple is held with the header, so a later tree's tuple can never be taken for it
+    _LAST_HEADER["last"] = (rams, rest, hit)
     return hit
 
 
 #: the last few headers :func:`crash_create_elf64_headers` built, by everything they were built
 #: from (a reload during a storm often sees the same memory as the last one)
 _HEADERS: dict[tuple[object, ...], bytes] = {}
+#: the last header handed out, with the System RAM tuple and the other inputs it was made from
+_LAST_HEADER: dict[str, tuple[tuple[tuple[int, int], ...], tuple[object, ...], bytes]] = {}
 
 
 def _build_elf64_headers(m: Machine, cpus: list[tuple[int, int]], ranges: list[tuple[int, int]],
@@ -224,10 +237,70 @@ _PLACED_MAX: Final = 256
 
 
 def _userspace_prepare(m: Machine, payload: KexecPayload, hotplug: bool, purgatory: bytes) -> KexecToolsLoad:
-    if m.crashk_res is None:
+    """What ``kexec -p [--hotplug]`` does before the system call (``my_load``, ``do_bzImage64_load``,
+    ``update_purgatory``): place and fill the segments, relocate and patch purgatory.
+
+    Everything it produces is a function of the crashkernel region, the backup source, the header
+    bytes, ``--hotplug`` (with the segment size it reads), the payload and the purgatory object:
+    a prepared load is kept by those (the header by identity: :func:`crash_create_elf64_headers`
+    hands out the same bytes object while the machine it describes is the same), and a reload
+    that finds one gets fresh segments and a fresh :class:`PurgatoryInfo` made from it."""
+    crashk = m.crashk_res
+    if crashk is None:
         raise KexecError("kexec-tools: no 'Crash kernel' in /proc/iomem", 99)
+    low = next(((s, e) for s, e in system_ram_ranges(m.iomem) if e <= BACKUP_SRC_END), None)
+    backup_src = (low[0], low[1] - low[0] + 1) if low else (0, BACKUP_SRC_END)
+    bsz = (backup_src[1] + 1024) & ~1023
+    backup_mem = _Placer(crashk).place(_align(bsz, PAGE_SIZE), 1024)
+    hdr = crash_create_elf64_headers(m, (backup_src[0], backup_src[1], backup_mem))
+    size = arch_crash_get_elfcorehdr_size(m.config) if hotplug else 0
+    key = (crashk, backup_src, hdr, hotplug, size, payload, purgatory)
+    hit = _PREPARED.get(key)
+    if hit is None:
+        hit = _prepare(crashk, payload, hotplug, size, purgatory, backup_src, hdr)
+        if len(_PREPARED) >= 8:
+            del _PREPARED[next(iter(_PREPARED))]
+        _PREPARED[key] = hit
+    return hit.load()
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A prepared load as immutable values: each segment's (buf, bufsz, mem, memsz, name), and the
+    relocated, patched purgatory with where its sections went."""
+
+    segments: tuple[tuple[bytes, int, int, int, str], ...]
+    entry: int
+    flags: int
+    elfcorehdr: int
+    purgatory_obj: PurgatoryObject
+    purgatory_mem: int
+    purgatory_bufsz: int
+    purgatory_memsz: int
+    purgatory_align: int
+    purgatory_placed: tuple[tuple[int, tuple[int, int]], ...]
+    purgatory_index: int
+    cmdline: str
+
+    def load(self) -> KexecToolsLoad:
+        """The prepared load as new, mutable objects."""
+        segs = [KexecSegment(*s) for s in self.segments]
+        pi = PurgatoryInfo(self.purgatory_obj, mem=self.purgatory_mem,
+                           purgatory_buf=bytearray(self.segments[self.purgatory_index][0]),
+                           bufsz=self.purgatory_bufsz, memsz=self.purgatory_memsz, buf_align=self.purgatory_align,
+                           placed=dict(self.purgatory_placed), start=self.entry)
+        return KexecToolsLoad(segs, self.entry, self.flags, self.elfcorehdr, pi, self.purgatory_index, self.cmdline)
+
+
+#: prepared loads by (crashkernel region, backup source, header, --hotplug, its size, payload,
+#: purgatory), the last few (see :func:`_userspace_prepare`)
+_PREPARED: dict[tuple[object, ...], _Prepared] = {}
+
+
+def _prepare(crashk: tuple[int, int], payload: KexecPayload, hotplug: bool, hotplug_size: int, purgatory: bytes,
+             backup_src: tuple[int, int], hdr: bytes) -> _Prepared:
     flags = KEXEC_ON_CRASH
-    placer = _Placer(m.crashk_res)
+    placer = _Placer(crashk)
     segs: list[KexecSegment] = []
 
     def add(buf: bytes, memsz: int, align: int, name: str, hole_min: int = 0) -> KexecSegment:
@@ -236,19 +309,15 @@ def _userspace_prepare(m: Machine, payload: KexecPayload, hotplug: bool, purgato
         segs.append(seg)
         return seg
 
-    low = next(((s, e) for s, e in walk_system_ram_res(m.iomem) if e <= BACKUP_SRC_END), None)
-    backup_src = (low[0], low[1] - low[0] + 1) if low else (0, BACKUP_SRC_END)
     bsz = (backup_src[1] + 1024) & ~1023
     # zeros that purgatory fills at panic: the same object every reload, so the digest's prefix
     # and the segment copy see it unchanged at once
-    backup = add(zeros(bsz), bsz, 1024, "backup")
-    hdr = crash_create_elf64_headers(m, (backup_src[0], backup_src[1], backup.mem))
+    add(zeros(bsz), bsz, 1024, "backup")
     if hotplug:
-        size = arch_crash_get_elfcorehdr_size(m.config)
-        if size == 0:
+        if hotplug_size == 0:
             raise KexecError("kexec-tools --hotplug: the kernel needs CONFIG_CRASH_HOTPLUG "
                              "(/sys/kernel/crash_elfcorehdr_size missing or 0)")
-        memsz = _align(size, KEXEC_TOOLS_ELF_CORE_HEADER_ALIGN)
+        memsz = _align(hotplug_size, KEXEC_TOOLS_ELF_CORE_HEADER_ALIGN)
         flags |= KEXEC_UPDATE_ELFCOREHDR
     else:
         memsz = max(len(hdr), MIN_ELFCOREHDR_MEMSZ)
@@ -270,7 +339,9 @@ def _userspace_prepare(m: Machine, payload: KexecPayload, hotplug: bool, purgato
     pi.set_symbol(KEXEC_TOOLS_SYMBOLS[1], digest)
     segs[purgatory_index].buf = bytes(pi.purgatory_buf)
     segs[purgatory_index].bufsz = pi.bufsz
-    return KexecToolsLoad(segs, entry, flags, elfhdr.mem, pi, purgatory_index, cmdline)
+    return _Prepared(tuple((s.buf, s.bufsz, s.mem, s.memsz, s.name) for s in segs), entry, flags, elfhdr.mem,
+                     pi.obj, pi.mem, pi.bufsz, pi.memsz, pi.buf_align, tuple(pi.placed.items()), purgatory_index,
+                     cmdline)
 
 
 def kexec_load(kx: Kexec, entry: int, segments: list[KexecSegment], flags: int) -> Kimage | None:
@@ -318,18 +389,19 @@ def kexec_load(kx: Kexec, entry: int, segments: list[KexecSegment], flags: int) 
 
 
 def _sanity_check_segment_list(kx: Kexec, segments: list[KexecSegment]) -> None:
-    window = kx.crash_windows()[0]
+    lo, hi = kx.crash_windows()[0]
     # no two segments overlap when, in order of address, each ends before the next begins (one
     # sort instead of every pair; the pairs are walked only to name the first overlap found)
-    spans = sorted((s.mem, s.mem + s.memsz - 1) for s in segments)
+    spans = sorted([(s.mem, s.mem + s.memsz - 1) for s in segments])
     disjoint = all(a[1] < b[0] for a, b in pairwise(spans))
     for i, s in enumerate(segments):
-        if s.mem % PAGE_SIZE or s.memsz % PAGE_SIZE:
-            raise KexecError(f"segment {i} at {s.mem:#x} size {s.memsz:#x} is not page aligned", 99)
-        if s.bufsz > s.memsz:
-            raise KexecError(f"segment {i}: bufsz {s.bufsz:#x} > memsz {s.memsz:#x}")
-        if s.mem < window[0] or s.end > window[1]:
-            raise KexecError(f"segment {i} [{s.mem:#x}-{s.end:#x}] lies outside crashk_res", 99)
+        mem, memsz = s.mem, s.memsz
+        if mem % PAGE_SIZE or memsz % PAGE_SIZE:
+            raise KexecError(f"segment {i} at {mem:#x} size {memsz:#x} is not page aligned", 99)
+        if s.bufsz > memsz:
+            raise KexecError(f"segment {i}: bufsz {s.bufsz:#x} > memsz {memsz:#x}")
+        if mem < lo or mem + memsz - 1 > hi:
+            raise KexecError(f"segment {i} [{mem:#x}-{s.end:#x}] lies outside crashk_res", 99)
         if disjoint:
             continue
         for j, t in enumerate(segments[:i]):

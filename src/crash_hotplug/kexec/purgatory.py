@@ -229,14 +229,23 @@ class PurgatoryObject:
         return cls(data, e_entry, sections, tuple(symbols))
 
     def find_symbol(self, name: str) -> Symbol:
-        """``kexec_purgatory_find_symbol``: a global symbol of that name in a real section."""
+        """``kexec_purgatory_find_symbol``: a global symbol of that name in a real section (the
+        first global of that name in table order, as the kernel's walk meets it)."""
+        sym = self._globals.get(name)
+        if sym is None:
+            raise PurgatoryError(f"purgatory has no global symbol {name}")
+        if sym.st_shndx == SHN_UNDEF or sym.st_shndx >= len(self.sections):
+            raise PurgatoryError(f"symbol {name} has bad section index {sym.st_shndx}")
+        return sym
+
+    @functools.cached_property
+    def _globals(self) -> dict[str, Symbol]:
+        """The first global symbol of each name (the object is immutable: made once per object)."""
+        out: dict[str, Symbol] = {}
         for sym in self.symbols:
-            if sym.bind != STB_GLOBAL or sym.name != name:
-                continue
-            if sym.st_shndx == SHN_UNDEF or sym.st_shndx >= len(self.sections):
-                raise PurgatoryError(f"symbol {name} has bad section index {sym.st_shndx}")
-            return sym
-        raise PurgatoryError(f"purgatory has no global symbol {name}")
+            if sym.bind == STB_GLOBAL:
+                out.setdefault(sym.name, sym)
+        return out
 
 
 #: objects parsed by :meth:`PurgatoryObject.parse`, by their bytes
@@ -334,6 +343,12 @@ def pack_sha_regions(regions: Sequence[tuple[int, int]]) -> bytes:
     """The 256-byte table: (start, len) pairs, unused entries zero."""
     if len(regions) > SHA_REGIONS_MAX:
         raise PurgatoryError(f"{len(regions)} digest regions; the table holds {SHA_REGIONS_MAX}")
+    return _pack_sha_regions(tuple([(s, n) for s, n in regions]))
+
+
+@functools.lru_cache(maxsize=16)
+def _pack_sha_regions(regions: tuple[tuple[int, int], ...]) -> bytes:
+    # a function of the regions alone: every re-digest of one image packs the same table
     table = b"".join(SHA_REGION.pack(s, n) for s, n in regions)
     return table.ljust(SHA_REGIONS_SIZE, b"\0")
 
@@ -351,23 +366,32 @@ def sha256_segments(segments: Iterable[tuple[bytes, int, int]]) -> tuple[list[tu
     segs = [(b if type(b) is bytes else bytes(b), mem, memsz) for b, mem, memsz in segments]
     # SHA-256 is sequential: the state after a run of leading segments equal to the last call's
     # (same place, size and bytes) is reused; the rest is hashed. The digest is the same.
+    last = _LAST
+    n = min(len(segs), len(last))
     k = 0
-    while (k < len(segs) and k < len(_LAST) and _LAST[k][1:3] == segs[k][1:3]
-           and (_LAST[k][0] is segs[k][0] or _LAST[k][0] == segs[k][0])):
+    while k < n:
+        held_buf, held_mem, held_memsz, _ = last[k]
+        buf, mem, memsz = segs[k]
+        if held_mem != mem or held_memsz != memsz or (held_buf is not buf and held_buf != buf):
+            break
         k += 1
-    h = _LAST[k - 1][3].copy() if k else hashlib.sha256()
-    prefix = _LAST[:k]
+    regions = [(mem, memsz) for _, mem, memsz in segs]
+    if k == len(segs) and k == len(last) and k:
+        # the same segments as last time: the state after the last one is the digest's
+        return regions, last[k - 1][3].digest()
+    h = last[k - 1][3].copy() if k else hashlib.sha256()
+    prefix = last[:k]
     zero = _ZEROS
     for buf, mem, memsz in segs[k:]:
         h.update(buf)
         rest = memsz - len(buf)
         while rest > 0:
-            n = min(rest, len(zero))
-            h.update(zero[:n])
-            rest -= n
+            m = min(rest, len(zero))
+            h.update(zero[:m])
+            rest -= m
         prefix.append((buf, mem, memsz, h.copy()))
     _LAST[:] = prefix
-    return [(mem, memsz) for _, mem, memsz in segs], h.digest()
+    return regions, h.digest()
 
 
 #: the zero padding after a segment's buffer, hashed a MiB at a time

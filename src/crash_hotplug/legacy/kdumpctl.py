@@ -1,10 +1,10 @@
-"""The userspace reload path: ``kdumpctl reload`` and the kdump-utils udev throttler.
+"""The userspace reload path: ``kdump.service`` and ``kdumpctl reload`` (kdump-utils ``kdumpctl``).
 
 ``kdumpctl reload`` unloads the crash image (``kexec -s -p -u``) and loads it again (``kexec -s -p``):
 every segment rebuilt and re-digested, and between the two no crash image is loaded -- a panic
-there is not dumped. Reloads are serialised by kdumpctl's lock. ``kdump-udev-throttler`` coalesces
-a burst: the first instance takes a non-blocking lock, sleeps 1 s, waits for udev to settle (at
-most 3 s), drops its lock and runs one reload; instances that find the lock taken exit.
+there is not dumped. Reloads are serialised by kdumpctl's lock (``single_instance_lock``: every
+instance waits for it, however many). The throttler that coalesces a burst into one reload is
+:mod:`crash_hotplug.legacy.throttler`.
 
 Time comes from the machine's :class:`~crash_hotplug.machine.clock.Clock`: with the default zero
 costs a reload happens at once; under a simulator's costs the unload and the load take their
@@ -24,11 +24,7 @@ from crash_hotplug.kexec.kimage import Kimage
 from crash_hotplug.kexec.lock import KexecBusyError
 from crash_hotplug.machine.clock import Clock
 
-__all__ = ["KdumpService", "Throttler"]
-
-#: seconds the throttler sleeps, and the longest it lets ``udevadm settle`` wait
-THROTTLE_SLEEP = 1.0
-SETTLE_TIMEOUT = 3.0
+__all__ = ["KdumpService"]
 
 
 @dataclass
@@ -54,6 +50,10 @@ class KdumpService:
     failed: int = 0
     #: loads the image (the design's own syscall); default: ``kexec -s -p`` or ``kexec -p``
     loader: Callable[[], Kimage] | None = None
+    #: ``systemctl is-active kdump.service``: kdump-utils' unit is ``Type=oneshot`` with
+    #: ``RemainAfterExit=yes``, so it is active from a ``kdumpctl start`` that loaded the image until
+    #: ``kdumpctl stop``, whatever reloads do meanwhile
+    active: bool = False
     _busy: bool = False
     _waiting: deque[Callable[[], None]] = field(default_factory=deque)
 
@@ -62,7 +62,19 @@ class KdumpService:
         return self.kexec.machine.clock
 
     def start(self) -> Kimage:
-        """``kdumpctl start``: load the crash image now."""
+        """``kdumpctl start`` (``kdump.service``'s ``ExecStart``): load the crash image now; the
+        service is active from then on."""
+        image = self._load()
+        self.active = True
+        return image
+
+    def stop(self) -> None:
+        """``kdumpctl stop`` (``ExecStop``): unload the crash image; the service is inactive."""
+        self._unload()
+        self.active = False
+
+    def _load(self) -> Kimage:
+        """``load_kdump``: ``kexec -s -p`` or ``kexec -p`` (or the design's own loader)."""
         image: Kimage | None
         if self.loader is not None:
             image = self.loader()
@@ -73,8 +85,8 @@ class KdumpService:
         self.image = image
         return image
 
-    def stop(self) -> None:
-        """``kdumpctl stop``: unload the crash image."""
+    def _unload(self) -> None:
+        """``stop_kdump``: ``kexec -p -u``."""
         if self.syscall == "kexec_file_load":
             kexec_file_unload(self.kexec)
         else:
@@ -119,11 +131,11 @@ class KdumpService:
                 self.reloads += 1
                 finished(True)
 
-            if not self._syscall(load_s, self.start, loaded, install_at_end=True):
+            if not self._syscall(load_s, self._load, loaded, install_at_end=True):
                 self.unloaded.append((gone, clock.now))
                 finished(False)
 
-        if not self._syscall(unload_s, self.stop, unloaded):
+        if not self._syscall(unload_s, self._unload, unloaded):
             finished(False)
 
     def _syscall(self, seconds: float, effect: Callable[[], object], then: Callable[[], None], *,
@@ -162,35 +174,3 @@ class KdumpService:
 
         self._clock.call_later(seconds, finish, "kexec syscall")
         return True
-
-
-@dataclass
-class Throttler:
-    """``kdump-udev-throttler``: one reload per burst of events."""
-
-    service: KdumpService
-    #: when the udev event queue will be empty (``udevadm settle`` waits for it)
-    queue_empty_at: Callable[[], float]
-    started: int = 0
-    exited: int = 0
-    _locked: bool = False
-
-    def run(self) -> None:
-        """One instance, started by udev for one event."""
-        if self._locked:
-            self.exited += 1
-            return
-        self._locked = True
-        self.started += 1
-        clock = self.service.kexec.machine.clock
-        settle_deadline = clock.now + THROTTLE_SLEEP + SETTLE_TIMEOUT
-
-        def settle() -> None:
-            empty = self.queue_empty_at()
-            if empty <= clock.now or clock.now >= settle_deadline:
-                self._locked = False  # the lock is dropped before kdumpctl runs
-                self.service.reload()
-                return
-            clock.call_at(min(empty, settle_deadline), settle, "udevadm settle")
-
-        clock.call_later(THROTTLE_SLEEP, settle, "throttler sleep")

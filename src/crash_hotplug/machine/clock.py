@@ -55,8 +55,11 @@ class Clock:
         return self.costs.cost(what, units)
 
     def call_at(self, when: float, fn: Callable[[], None], label: str = "") -> Timer:
-        t = Timer(max(when, self.now), next(self._seq), fn, label)
-        heapq.heappush(self._queue, (t.when, t.seq, t))
+        if when < self.now:
+            when = self.now
+        seq = next(self._seq)
+        t = Timer(when, seq, fn, label)
+        heapq.heappush(self._queue, (when, seq, t))
         return t
 
     def call_later(self, delay: float, fn: Callable[[], None], label: str = "") -> Timer | None:
@@ -82,16 +85,22 @@ class Clock:
 
     def run_until(self, when: float) -> None:
         """Fire every timer due at or before ``when``, advancing ``now`` to each, then to ``when``."""
-        while True:
-            nxt = self.next_time()
-            if nxt is None or nxt > when:
+        queue = self._queue
+        pop = heapq.heappop
+        while queue:
+            due, _seq, t = queue[0]
+            if t.cancelled:
+                pop(queue)
+                continue
+            if due > when:
                 break
-            t = heapq.heappop(self._queue)[2]
-            self.now = t.when
+            pop(queue)
+            self.now = due
             t.fn()
             for fn in self.after_fire:
                 fn()
-        self.now = max(self.now, when)
+        if self.now < when:
+            self.now = when
 
     def run_until_idle(self, limit: float = float("inf")) -> None:
         """Fire timers until none is left (or the next is past ``limit``)."""

@@ -181,7 +181,8 @@ def task_pid(cpu: int, counter: int) -> int:
     return 0 if counter == 0 else 1000 + 100 * counter + cpu
 
 
-#: bumped whenever any CPU's ``present`` or ``online`` bit is set (the key of the masks' cache)
+#: bumped whenever any CPU's ``present`` or ``online`` bit or its ``crash_notes`` is set (the key
+#: of the caches over the masks and the notes)
 _MASK_GEN = [0]
 
 
@@ -191,7 +192,7 @@ class CpuState:
 
     def __setattr__(self, name: str, value: object) -> None:
         object.__setattr__(self, name, value)
-        if name == "online" or name == "present":
+        if name == "online" or name == "present" or name == "crash_notes":
             _MASK_GEN[0] += 1
 
     cpu: int
@@ -255,6 +256,12 @@ class CpuHotplug:
     def possible(self) -> tuple[int, ...]:
         """``cpu_possible_mask``"""
         return tuple(self.cpus)
+
+    def state_key(self) -> tuple[int, int, int]:
+        """A key that changes whenever a CPU's mask bits or ``crash_notes`` were set or the CPU
+        map was replaced or resized (not a kernel concept: what caches over the masks compare)."""
+        cpus = self.cpus
+        return (_MASK_GEN[0], id(cpus), len(cpus))
 
     def _current_masks(self) -> tuple[tuple[int, int, int], tuple[int, ...], tuple[int, ...]]:
         cpus = self.cpus

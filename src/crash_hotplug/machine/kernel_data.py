@@ -18,6 +18,12 @@ pages come from the brk area after ``__bss_stop`` and then from a pool below ``m
 ``struct mem_section`` holds only ``section_mem_map`` (its ``usage`` pointer stays 0: no reader
 uses it, and the model has no ``mem_section_usage``).
 
+The layout values VMCOREINFO gives (``SECTION_SIZE_BITS``, the sizes and offsets, ``vmemmap``,
+the top-level table) are constants of the kernel build, so they are read from ``items`` once. The
+kernel finds the next page-table level and a section root by reading the entry it wrote; the
+model keeps what it wrote (``_tables``, ``_roots``) and answers from that: nothing but this class
+writes those pages, so the answer is what memory holds.
+
 Every present section has its ``struct page`` array behind ``vmemmap`` (``vmemmap_populate`` with
 2 MiB pages), because makedumpfile reads every ``struct page`` even at ``-d 0``: with
 ``NUMBER(PG_hwpoison)`` and ``NUMBER(PAGE_OFFLINE_MAPCOUNT_VALUE)`` in VMCOREINFO it drops
@@ -161,10 +167,23 @@ class KernelData:
     #: own ``struct page`` array at the start of each block (``mhp_supports_memmap_on_memory``,
     #: the vmemmap altmap), 0 when it comes from boot RAM
     memmap_on_memory: int = field(default=0, init=False)
-    _memmap_page_cache: tuple[tuple[str | None, ...], bytes] | None = field(default=None, init=False, repr=False)
+    _memmap_page_cache: bytes | None = field(default=None, init=False, repr=False)
+    #: physical address of a page-table entry -> the table it points at, for the table entries
+    #: this class wrote or followed (``_next_table``); a leaf written over one drops it
+    _tables: dict[int, int] = field(default_factory=dict, init=False, repr=False)
+    #: ``mem_section`` root number -> physical address of its page of ``struct mem_section``
+    _roots: dict[int, int] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._brk_next = self.brk[0]
+        items = self.items
+        self._section_bits: int = _num(items, "NUMBER(SECTION_SIZE_BITS)", 27)
+        self._mem_section_size: int = _num(items, "SIZE(mem_section)")
+        self._sections_per_root: int = PAGE_SIZE // self._mem_section_size
+        self._section_mem_map_off: int = _num(items, "OFFSET(mem_section.section_mem_map)", 0)
+        self._page_struct_size: int = _num(items, "SIZE(page)")
+        self._vmemmap: int = _hex(items, "SYMBOL(vmemmap)") if "SYMBOL(vmemmap)" in items else VMEMMAP_START_L4
+        self._pgd: int = self._symbol("init_top_pgt" if "SYMBOL(init_top_pgt)" in items else "swapper_pg_dir")
 
     # -- addresses ---------------------------------------------------------------------------
     def pa_symbol(self, vaddr: int) -> int:
@@ -176,16 +195,18 @@ class KernelData:
 
     @property
     def section_size_bits(self) -> int:
-        return _num(self.items, "NUMBER(SECTION_SIZE_BITS)", 27)
+        """``SECTION_SIZE_BITS``"""
+        return self._section_bits
 
     @property
     def sections_per_root(self) -> int:
         """``SECTIONS_PER_ROOT``: ``PAGE_SIZE / sizeof(struct mem_section)``."""
-        return PAGE_SIZE // _num(self.items, "SIZE(mem_section)")
+        return self._sections_per_root
 
     @property
     def vmemmap(self) -> int:
-        return _hex(self.items, "SYMBOL(vmemmap)") if "SYMBOL(vmemmap)" in self.items else VMEMMAP_START_L4
+        """``vmemmap``: the virtual base of the ``struct page`` array."""
+        return self._vmemmap
 
     def _alloc_page(self) -> int:
         """A zeroed page: from brk while it lasts (``alloc_low_pages``), then from the pool, then
@@ -221,7 +242,11 @@ class KernelData:
         image (``_end``)."""
         ram = sorted(ram)
         hot_list = sorted(hot_added)
-        self._free_ram = [r for r in ram if not any(hs <= r[0] <= he for hs, he in hot_list)]
+        self._tables.clear()
+        self._roots.clear()
+        # memblock allocates top-down: the highest-ending range first (the order never changes)
+        self._free_ram = sorted((r for r in ram if not any(hs <= r[0] <= he for hs, he in hot_list)),
+                                key=lambda r: r[1], reverse=True)
         pool_bottom = self.mem_section_paddr - POOL_PAGES * PAGE_SIZE
         self._used = []
         for r in [(0, _ISA_END_ADDRESS - 1), *reserved,
@@ -269,24 +294,34 @@ class KernelData:
     @property
     def pgd(self) -> int:
         """Physical address of ``init_top_pgt`` (``swapper_pg_dir``)."""
-        name = "init_top_pgt" if "SYMBOL(init_top_pgt)" in self.items else "swapper_pg_dir"
-        return self._symbol(name)
+        return self._pgd
 
     def _entry(self, table: int, index: int) -> int:
         return int.from_bytes(self.mem.read(table + index * 8, 8), "little")
 
     def _set_entry(self, table: int, index: int, value: int) -> None:
-        self.mem.write(table + index * 8, value.to_bytes(8, "little"))
+        """Write a leaf entry (or clear one)."""
+        addr = table + index * 8
+        if self._tables:
+            self._tables.pop(addr, None)
+        self.mem.write(addr, value.to_bytes(8, "little"))
 
     def _next_table(self, table: int, index: int) -> int:
-        """The table an entry points at, allocating it when the entry is empty."""
-        e = self._entry(table, index)
+        """The table an entry points at, allocating it when the entry is empty (``pud_alloc``,
+        ``pmd_alloc``, ``pte_alloc_kernel``)."""
+        addr = table + index * 8
+        child = self._tables.get(addr)
+        if child is not None:
+            return child
+        e = int.from_bytes(self.mem.read(addr, 8), "little")
         if e & _PAGE_PRESENT:
             if e & _PAGE_PSE:
                 raise KernelDataError(f"page-table entry {index} of {table:#x} is a large page, not a table")
-            return e & _ADDR_MASK
-        child = self._alloc_page()
-        self._set_entry(table, index, child | _KERNPG_TABLE)
+            child = e & _ADDR_MASK
+        else:
+            child = self._alloc_page()
+            self.mem.write(addr, (child | _KERNPG_TABLE).to_bytes(8, "little"))
+        self._tables[addr] = child
         return child
 
     def _map_kernel_image(self, text_end: int) -> None:
@@ -353,12 +388,11 @@ class KernelData:
         return bytes(page)
 
     def _memmap_page(self) -> bytes:
-        """A page of ``struct page`` (the same bytes every time the items are: made once)."""
-        key = tuple(self.items.get(k) for k in ("SIZE(page)", "OFFSET(page._refcount)", "OFFSET(page._mapcount)"))
-        if self._memmap_page_cache is None or self._memmap_page_cache[0] != key:
-            page = self.struct_page() * (PAGE_SIZE // _num(self.items, "SIZE(page)"))
-            self._memmap_page_cache = (key, page)
-        return self._memmap_page_cache[1]
+        """A page of ``struct page`` (the same bytes every time: made once)."""
+        page = self._memmap_page_cache
+        if page is None:
+            page = self._memmap_page_cache = self.struct_page() * (PAGE_SIZE // self._page_struct_size)
+        return page
 
     def _take(self, r: tuple[int, int]) -> None:
         """Mark the inclusive range used (``_used`` stays sorted and disjoint)."""
@@ -382,7 +416,7 @@ class KernelData:
 
     def _alloc_memmap(self, size: int) -> int:
         """``memblock_alloc`` top-down, 2 MiB aligned, from free boot RAM."""
-        for start, end in sorted(self._free_ram, key=lambda r: r[1], reverse=True):
+        for start, end in self._free_ram:
             cand = (end + 1 - size) // _PMD_SIZE * _PMD_SIZE
             while cand >= start:
                 clash = self._clash(cand, cand + size - 1)
@@ -411,8 +445,8 @@ class KernelData:
         """``vmemmap_populate``: the section's ``struct page`` array at ``paddr``, mapped with one 2 MiB page."""
         if not filled:
             self.mem.fill(paddr, _PMD_MEMMAP, self._memmap_page())
-        vaddr = self.vmemmap + (nr << self.section_size_bits) // PAGE_SIZE * _num(self.items, "SIZE(page)")
-        pud = self._next_table(self.pgd, (vaddr >> 39) & 511)
+        vaddr = self._vmemmap + (nr << self._section_bits) // PAGE_SIZE * self._page_struct_size
+        pud = self._next_table(self._pgd, (vaddr >> 39) & 511)
         pmd = self._next_table(pud, (vaddr >> 30) & 511)
         self._set_entry(pmd, (vaddr >> 21) & 511, paddr | _PAGE_KERNEL_LARGE)
         self.memmap[nr] = paddr
@@ -422,38 +456,39 @@ class KernelData:
         paddr = self.memmap.pop(nr, None)
         if paddr is None:
             return
-        vaddr = self.vmemmap + (nr << self.section_size_bits) // PAGE_SIZE * _num(self.items, "SIZE(page)")
-        pud = self._next_table(self.pgd, (vaddr >> 39) & 511)
+        vaddr = self._vmemmap + (nr << self._section_bits) // PAGE_SIZE * self._page_struct_size
+        pud = self._next_table(self._pgd, (vaddr >> 39) & 511)
         pmd = self._next_table(pud, (vaddr >> 30) & 511)
         self._set_entry(pmd, (vaddr >> 21) & 511, 0)
         self._free((paddr, paddr + _PMD_MEMMAP - 1))
 
     # -- mem_section -----------------------------------------------------------------------------
     def _section_range(self, start: int, end: int) -> range:
-        bits = self.section_size_bits
+        bits = self._section_bits
         return range(start >> bits, (end >> bits) + 1)
 
     def _section_addr(self, nr: int, *, alloc: bool) -> int | None:
         """``__nr_to_section``: the root array entry, allocating the root's page (``sparse_index_init``)."""
-        root, idx = divmod(nr, self.sections_per_root)
-        slot = self.mem_section_paddr + root * 8
-        ptr = int.from_bytes(self.mem.read(slot, 8), "little")
-        if not ptr:
-            if not alloc:
-                return None
-            page = self._alloc_page()
-            ptr = self.page_offset + page
-            self.mem.write(slot, ptr.to_bytes(8, "little"))
-        return ptr - self.page_offset + idx * _num(self.items, "SIZE(mem_section)")
+        root, idx = divmod(nr, self._sections_per_root)
+        page = self._roots.get(root)
+        if page is None:
+            slot = self.mem_section_paddr + root * 8
+            ptr = int.from_bytes(self.mem.read(slot, 8), "little")
+            if not ptr:
+                if not alloc:
+                    return None
+                ptr = self.page_offset + self._alloc_page()
+                self.mem.write(slot, ptr.to_bytes(8, "little"))
+            page = self._roots[root] = ptr - self.page_offset
+        return page + idx * self._mem_section_size
 
     def _set_section(self, nr: int, flags: int) -> None:
         addr = self._section_addr(nr, alloc=bool(flags))
         if addr is None:
             return
-        off = _num(self.items, "OFFSET(mem_section.section_mem_map)", 0)
         # sparse_encode_mem_map: mem_map - section_nr_to_pfn(nr) is vmemmap itself with vmemmap
-        value = (self.vmemmap | flags) if flags else 0
-        self.mem.write(addr + off, value.to_bytes(8, "little"))
+        value = (self._vmemmap | flags) if flags else 0
+        self.mem.write(addr + self._section_mem_map_off, value.to_bytes(8, "little"))
         if flags:
             self.sections[nr] = flags
         else:
@@ -461,22 +496,26 @@ class KernelData:
 
     def online_mem_sections(self, start: int, end: int) -> None:
         """``online_mem_sections`` for the inclusive physical range."""
+        sections = self.sections
         for nr in self._section_range(start, end):
-            if nr in self.sections:
-                self._set_section(nr, self.sections[nr] | SECTION_IS_ONLINE)
+            flags = sections.get(nr)
+            if flags is not None:
+                self._set_section(nr, flags | SECTION_IS_ONLINE)
 
     def offline_mem_sections(self, start: int, end: int) -> None:
         """``offline_mem_sections`` for the inclusive physical range."""
+        sections = self.sections
         for nr in self._section_range(start, end):
-            if nr in self.sections:
-                self._set_section(nr, self.sections[nr] & ~SECTION_IS_ONLINE)
+            flags = sections.get(nr)
+            if flags is not None:
+                self._set_section(nr, flags & ~SECTION_IS_ONLINE)
 
     # -- memory hotplug (``arch_add_memory`` / ``arch_remove_memory``) ----------------------
     def arch_add_memory(self, start: int, size: int) -> None:
         """``init_memory_mapping`` for the range, then ``sparse_add_section`` for each section."""
         end = start + size - 1
         self._map_direct([(start, end)])
-        bits = self.section_size_bits
+        bits = self._section_bits
         for nr in self._section_range(start, end):
             if nr not in self.memmap:
                 self._populate_memmap(nr, self._memmap_on_memory(nr << bits) if self.memmap_on_memory
@@ -488,7 +527,7 @@ class KernelData:
         array is at the start of the block, one 2 MiB part per section in order (``altmap``)."""
         block = self.memmap_on_memory
         first = section // block * block
-        return first + (section - first) // (1 << self.section_size_bits) * _PMD_MEMMAP
+        return first + (section - first) // (1 << self._section_bits) * _PMD_MEMMAP
 
     def arch_remove_memory(self, start: int, size: int) -> None:
         """``sparse_remove_section`` (the section's ``section_mem_map`` back to 0), then

@@ -44,6 +44,8 @@ from crash_hotplug.machine.uevent import Uevent, UeventBus
 
 #: a CPU's ``crash_notes`` address, read at C speed
 _CRASH_NOTES = attrgetter("crash_notes")
+#: a DIMM's start address, read at C speed
+_DIMM_START = attrgetter("start")
 
 __all__ = [
     "GIB",
@@ -143,8 +145,8 @@ class Machine:
     kdata: KernelData | None = None
     #: booted with ``memory_hotplug.memmap_on_memory=1`` (hot-added blocks carry their own memmap)
     memmap_on_memory: bool = False
-    _boot_cache: tuple[tuple[tuple[int, int], ...], tuple[int, ...], Mapping[int, int]] | None = field(
-        default=None, repr=False, compare=False)
+    _boot_cache: tuple[tuple[int, int, int], tuple[tuple[int, int], ...], tuple[int, ...],
+                       Mapping[int, int]] | None = field(default=None, repr=False, compare=False)
     uevents: UeventBus = field(default_factory=UeventBus)
     #: the CPU that panicked, once the panic path has run
     panic_cpu: int | None = None
@@ -185,12 +187,20 @@ class Machine:
 
     def _boot_layout(self) -> tuple[tuple[int, ...], Mapping[int, int]]:
         """Possible CPUs and their ``crash_notes`` addresses: fixed from boot, so handed out as the
-        same objects every time (the header builder reuses its packed CPU notes for them)."""
+        same objects every time (the header builder reuses its packed CPU notes for them). Looked
+        at again only when a CPU changed (:meth:`CpuHotplug.state_key`)."""
+        cache = self._boot_cache
+        state = self.cpus.state_key()
+        if cache is not None and cache[0] == state:
+            return cache[2], cache[3]
         cpus = self.cpus.cpus
         key = tuple(zip(cpus, map(_CRASH_NOTES, cpus.values()), strict=True))
-        if self._boot_cache is None or self._boot_cache[0] != key:
-            self._boot_cache = (key, self.cpus.possible, dict(key))
-        return self._boot_cache[1], self._boot_cache[2]
+        if cache is None or cache[1] != key:
+            self._boot_cache = (state, key, self.cpus.possible, dict(key))
+        else:
+            # a CPU changed, but not the layout: the same objects as before
+            self._boot_cache = (state, *cache[1:])
+        return self._boot_cache[2], self._boot_cache[3]
 
     def kernel_state(self, *, snapshot: bool = True) -> KernelState:
         """The :class:`KernelState` of the machine now (what the header builder reads).
@@ -352,7 +362,7 @@ class Machine:
         """First address from :attr:`dimm_base` where ``size`` bytes fit between present DIMMs
         (QEMU's first fit in the device-memory region, block aligned)."""
         addr = self.dimm_base
-        for d in sorted(self.memory.dimms.values(), key=lambda d: d.start):
+        for d in sorted(self.memory.dimms.values(), key=_DIMM_START):
             if addr + size <= d.start:
                 break
             addr = max(addr, d.end + 1)

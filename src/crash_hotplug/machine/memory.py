@@ -194,11 +194,14 @@ class MemoryHotplug:
     def unregister_memory_notifier(self, nb: NotifierBlock[MemoryNotify]) -> None:
         self.chain.unregister(nb)
 
-    def memory_notify(self, action: int, block: MemoryBlock) -> int:
-        """``memory_notify``: run the chain for one block; the chain's return value."""
-        pages = self.block_size // PAGE_SIZE
-        arg = MemoryNotify(block.phys_index * pages, pages)
-        self.trace.append((action, block.phys_index, self._ram_covers(arg.start)))
+    def memory_notify(self, action: int, block: MemoryBlock, arg: MemoryNotify | None = None) -> int:
+        """``memory_notify``: run the chain for one block; the chain's return value. ``arg`` is
+        the block's :class:`MemoryNotify` when the caller made it already (``online_pages`` and
+        ``offline_pages`` pass the same one to both of their calls, as the kernel does)."""
+        if arg is None:
+            pages = self.block_size // PAGE_SIZE
+            arg = MemoryNotify(block.phys_index * pages, pages)
+        self.trace.append((action, block.phys_index, self._ram_covers(arg.start_pfn * PAGE_SIZE)))
         return self.chain.call_chain(action, arg)
 
     def _ram_covers(self, addr: int) -> bool:
@@ -225,35 +228,43 @@ class MemoryHotplug:
 
     def online_pages(self, index: int, zone: str = "Movable") -> None:
         """``online_pages`` (``memoryN/state`` <- ``online``): GOING_ONLINE, then ONLINE or CANCEL_ONLINE."""
-        b = self.block(index)
+        b = self.blocks.get(index)
+        if b is None:
+            b = self.block(index)
         if b.online:
             return
-        ret = self.memory_notify(MEM_GOING_ONLINE, b)
+        pages = self.block_size // PAGE_SIZE
+        arg = MemoryNotify(index * pages, pages)
+        ret = self.memory_notify(MEM_GOING_ONLINE, b, arg)
         if ret & NOTIFY_STOP_MASK:
-            self.memory_notify(MEM_CANCEL_ONLINE, b)
+            self.memory_notify(MEM_CANCEL_ONLINE, b, arg)
             raise MemoryNotifierVetoError(index, MEM_GOING_ONLINE, -notifier_to_errno(ret))
         b.online = True
         b.zone = zone
         if self.arch is not None:
-            self.arch.online_mem_sections(*self.block_range(index))
-        self.memory_notify(MEM_ONLINE, b)
+            self.arch.online_mem_sections(index * self.block_size, (index + 1) * self.block_size - 1)
+        self.memory_notify(MEM_ONLINE, b, arg)
 
     def offline_pages(self, index: int) -> None:
         """``offline_pages`` (``memoryN/state`` <- ``offline``): GOING_OFFLINE, then OFFLINE or
         CANCEL_OFFLINE. Boot memory outside ``ZONE_MOVABLE`` is refused with ``-EBUSY``."""
-        b = self.block(index)
+        b = self.blocks.get(index)
+        if b is None:
+            b = self.block(index)
         if not b.online:
             return
         if b.dimm is None and b.zone != "Movable":
             raise MemoryBlockBusyError(f"memory{index}: zone {b.zone} holds unmovable pages; cannot offline")
-        ret = self.memory_notify(MEM_GOING_OFFLINE, b)
+        pages = self.block_size // PAGE_SIZE
+        arg = MemoryNotify(index * pages, pages)
+        ret = self.memory_notify(MEM_GOING_OFFLINE, b, arg)
         if ret & NOTIFY_STOP_MASK:
-            self.memory_notify(MEM_CANCEL_OFFLINE, b)
+            self.memory_notify(MEM_CANCEL_OFFLINE, b, arg)
             raise MemoryNotifierVetoError(index, MEM_GOING_OFFLINE, -notifier_to_errno(ret))
         b.online = False
         if self.arch is not None:
-            self.arch.offline_mem_sections(*self.block_range(index))
-        self.memory_notify(MEM_OFFLINE, b)
+            self.arch.offline_mem_sections(index * self.block_size, (index + 1) * self.block_size - 1)
+        self.memory_notify(MEM_OFFLINE, b, arg)
 
     # -- DIMMs -------------------------------------------------------------------------------
     def add_memory(self, name: str, start: int, size: int, *, online: str | None = None) -> Dimm:

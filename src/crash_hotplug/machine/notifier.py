@@ -60,6 +60,9 @@ class BlockingNotifierChain(Generic[ArgT]):
     def __init__(self, name: str = "") -> None:
         self.name = name
         self._blocks: list[NotifierBlock[ArgT]] = []
+        #: the blocks' callbacks in call order, remade on every change of the chain (a call walks
+        #: the chain as it was when the call began, as the kernel's walk does)
+        self._calls: tuple[Callable[[int, ArgT], int], ...] = ()
 
     def register(self, nb: NotifierBlock[ArgT]) -> None:
         """``notifier_chain_register``: insert after every block of equal or higher priority."""
@@ -67,9 +70,11 @@ class BlockingNotifierChain(Generic[ArgT]):
         while i < len(self._blocks) and self._blocks[i].priority >= nb.priority:
             i += 1
         self._blocks.insert(i, nb)
+        self._calls = tuple(b.notifier_call for b in self._blocks)
 
     def unregister(self, nb: NotifierBlock[ArgT]) -> None:
         self._blocks.remove(nb)
+        self._calls = tuple(b.notifier_call for b in self._blocks)
 
     @property
     def blocks(self) -> tuple[NotifierBlock[ArgT], ...]:
@@ -78,8 +83,8 @@ class BlockingNotifierChain(Generic[ArgT]):
     def call_chain(self, action: int, arg: ArgT) -> int:
         """``notifier_call_chain``: the last value returned; stops early on ``NOTIFY_STOP_MASK``."""
         ret = NOTIFY_DONE
-        for nb in list(self._blocks):
-            ret = nb.notifier_call(action, arg)
+        for call in self._calls:
+            ret = call(action, arg)
             if ret & NOTIFY_STOP_MASK:
                 break
         return ret

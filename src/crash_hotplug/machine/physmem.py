@@ -136,8 +136,13 @@ class PhysMem:
         start, end = paddr // PAGE_SIZE, (paddr + size) // PAGE_SIZE
         self.writes += 1
         self._changing(paddr, paddr + size)
-        self._unfill(start, end)
-        bisect.insort(self._fills, (start, end, bytes(page)))
+        fills = self._fills
+        if not fills or start >= fills[-1][1]:
+            # above every fill (memmaps of DIMMs hot-added in address order): nothing to cut
+            fills.append((start, end, bytes(page)))
+        else:
+            self._unfill(start, end)
+            bisect.insort(fills, (start, end, bytes(page)))
         self._drop_pages(start, end)
 
     def _drop_pages(self, start: int, end: int) -> None:

@@ -72,9 +72,12 @@ def write_elfcorehdr(hp: CrashHotplug, image: Kimage, elfbuf: bytes, too_big: st
     # the crash image is invalid while its elfcorehdr is being rewritten
     hp.step("hide crash image")
     kexec.kexec_crash_image = None
+    write = machine.mem.write
+    stepped = hp.on_step is not None
     for off in range(0, len(elfbuf), PAGE_SIZE):
-        hp.step(f"copy elfcorehdr page {off // PAGE_SIZE}")
-        machine.mem.write(seg.mem + off, elfbuf[off : off + PAGE_SIZE])
+        if stepped:
+            hp.step(f"copy elfcorehdr page {off // PAGE_SIZE}")
+        write(seg.mem + off, elfbuf[off : off + PAGE_SIZE])
     hp.spend("elfcorehdr_copy_page", -(-len(elfbuf) // PAGE_SIZE), window="hidden")
     hp.step("restore crash image")
     kexec.kexec_crash_image = image
