@@ -234,7 +234,9 @@ class _Observer:
         self.event_times: list[float] = []
         self._memory_changes = 0
         self._hdr_key: tuple[object, ...] | None = None
-        self._addr_key: tuple[object, ...] | None = None
+        self._addr_key: tuple[Kimage, str, int] | None = None
+        #: one object per range seen (see :meth:`_same`)
+        self._ranges: dict[tuple[int, int], tuple[int, int]] = {}
         self._addr = 0
         self._table: bytes | None = None
         self._hdr: tuple[list[tuple[int, int]], set[int]] = ([], set())
@@ -296,9 +298,19 @@ class _Observer:
                 state = m.kernel_state(snapshot=False)
                 cmem = fill_up_crash_elf_data(state)
                 elf_header_exclude_ranges(state, cmem)
-            base = sorted((max(s, LOW_1M), e) for s, e in cmem.ranges if e >= LOW_1M)
+            base = [self._same(r) for r in sorted((max(s, LOW_1M), e) for s, e in cmem.ranges if e >= LOW_1M)]
             self._base = (base, [s for s, _ in base], [e for _, e in base])
         return self._base
+
+    def _same(self, r: tuple[int, int]) -> tuple[int, int]:
+        """The one object for range ``r``: the header's ranges and the expected ones are then
+        compared by identity (at C speed), not number by number."""
+        same = self._ranges.get(r)
+        if same is None:
+            if len(self._ranges) >= 1 << 16:
+                self._ranges.clear()
+            same = self._ranges[r] = r
+        return same
 
     def _covered(self, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """The ranges as compared: sorted; on ppc64le, the memory they cover (merged) outside the
@@ -339,15 +351,15 @@ class _Observer:
         if hdr_key != self._hdr_key:
             self._hdr_key = hdr_key
             # where the header is changes only with the image, its command line and active slot
-            addr_key = (image, image.cmdline, image.elfcorehdr_active)
-            if self._addr_key is None or any(a is not b for a, b in zip(addr_key, self._addr_key, strict=True)):
-                self._addr_key = addr_key
+            k = self._addr_key
+            if k is None or k[0] is not image or k[1] is not image.cmdline or k[2] != image.elfcorehdr_active:
+                self._addr_key = (image, image.cmdline, image.elfcorehdr_active)
                 self._addr = _header_addr(image)
             table = _header_table(m.mem.read, self._addr)
             if table != self._table:
                 self._table = table
                 ram, notes = _ram_and_notes(table)
-                self._hdr = (self._covered(ram), notes)
+                self._hdr = ([self._same(r) for r in self._covered(ram)], notes)
         if want_key != self._want_key:
             self._want_key = want_key
             # the memory ranges the kernel's own builder would describe with offline blocks cut
