@@ -39,7 +39,7 @@ from importlib import resources
 from crash_hotplug.legacy.kdumpctl import KdumpService
 from crash_hotplug.legacy.shell import Program, ShellError, grep, parse_command, run_script
 from crash_hotplug.legacy.throttler import Throttler
-from crash_hotplug.legacy.udev import HotplugEvent, RuleFile, evaluate, parse_rules
+from crash_hotplug.legacy.udev import HotplugEvent, Key, RuleFile, evaluate, parse_rules
 from crash_hotplug.machine.clock import Clock
 from crash_hotplug.machine.uevent import Uevent
 
@@ -91,6 +91,18 @@ def bundled_rules(name: str, arch: str = "x86_64") -> list[RuleFile]:
     return [parse_rules(bundled_rules_text(chosen), chosen)]
 
 
+#: match keys whose outcome the event's subsystem, action and crash_hotplug decide
+_BY_EVENT = frozenset({"ACTION", "SUBSYSTEM", "SUBSYSTEMS"})
+
+
+def _event_key(k: Key) -> bool:
+    """Whether a key of a rule looks at nothing but the event's subsystem and action and the
+    ``crash_hotplug`` attribute (so the rules' RUN list can be kept per such triple)."""
+    if not k.is_match:  # a RUN with udev's substitutions (%k, $devpath) would differ per device
+        return k.name in ("GOTO", "LABEL") or (k.name == "RUN" and "%" not in k.value and "$" not in k.value)
+    return k.name in _BY_EVENT or (k.name in ("ATTR", "ATTRS") and k.attr == "crash_hotplug")
+
+
 def _no_file(path: str) -> str | None:
     raise ShellError(f"{path}: a file the model of this host does not hold")
 
@@ -131,9 +143,15 @@ class UdevDaemon:
     _elapsed: float = 0.0
     _worker: Mapping[str, Program] = field(init=False)
     _units: Mapping[str, Program] = field(init=False)
+    #: (subsystem, action, crash_hotplug) -> the RUN list, when the rules look at nothing else
+    _runs: dict[tuple[str, str, int | None], tuple[tuple[str, str], ...]] | None = field(init=False)
+    #: a systemd-run command line -> the program it starts and that program's argv
+    _transient: dict[tuple[str, ...], tuple[Program, tuple[str, ...]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.throttler = Throttler(self.service, self.queue_empty_at)
+        by_event = all(_event_key(k) for rf in self.rules for r in rf.rules for k in r.keys)
+        self._runs = {} if by_event else None
         self._worker = {
             "systemctl": self._systemctl, "systemd-run": self._systemd_run, "kdumpctl": self._kdumpctl,
             "kdump-udev-throttler": self._throttler_in_worker, "test": self._test, "[": self._test,
@@ -169,13 +187,14 @@ class UdevDaemon:
     def _handle(self) -> None:
         ev = self._queue[0]
         flag = self.crash_hotplug_attr()
-        attrs = {} if flag is None else {"crash_hotplug": str(flag)}
-        res = evaluate(self.rules, HotplugEvent(ev.subsystem, ev.action, ev.kernel, attrs))
-        if len(res.outcomes) != 1:
-            raise ShellError(f"{ev.subsystem} {ev.action}: the rules' outcome depends on what the model does "
-                             f"not know ({'; '.join(res.deciding_assumptions or res.unevaluated)})")
+        key = (ev.subsystem, ev.action, flag)
+        runs = None if self._runs is None else self._runs.get(key)
+        if runs is None:
+            runs = self._evaluate(ev, flag)
+            if self._runs is not None:
+                self._runs[key] = runs
         self._elapsed = 0.0
-        for where, cmd in res.outcomes[0].runs:
+        for where, cmd in runs:
             try:
                 run_script(parse_command(cmd), self._worker)
             except ShellError as e:
@@ -186,6 +205,14 @@ class UdevDaemon:
             self._clock.call_later(extra, self._done, "udev worker RUN")
         else:
             self._done()
+
+    def _evaluate(self, ev: Uevent, flag: int | None) -> tuple[tuple[str, str], ...]:
+        attrs = {} if flag is None else {"crash_hotplug": str(flag)}
+        res = evaluate(self.rules, HotplugEvent(ev.subsystem, ev.action, ev.kernel, attrs))
+        if len(res.outcomes) != 1:
+            raise ShellError(f"{ev.subsystem} {ev.action}: the rules' outcome depends on what the model does "
+                             f"not know ({'; '.join(res.deciding_assumptions or res.unevaluated)})")
+        return tuple(res.outcomes[0].runs)
 
     def _done(self) -> None:
         self._queue.popleft()
@@ -209,6 +236,22 @@ class UdevDaemon:
         return 0, "".join(f"{s}\n" for s in states)
 
     def _systemd_run(self, argv: Sequence[str], stdin: str) -> tuple[int, str]:
+        line = tuple(argv)
+        hit = self._transient.get(line)
+        if hit is None:
+            hit = self._transient[line] = self._transient_unit(argv)
+        program, command = hit
+        self._take("systemd_run")
+        self.transient_units += 1
+
+        def start() -> None:
+            program(command, "")
+
+        self._clock.call_later(self._elapsed, start, "transient service")
+        return 0, ""
+
+    def _transient_unit(self, argv: Sequence[str]) -> tuple[Program, tuple[str, ...]]:
+        """What ``systemd-run ARGV`` starts: the program and its argv (options checked)."""
         i = 1
         while i < len(argv) and argv[i].startswith("-"):
             opt = argv[i].split("=", 1)[0]
@@ -224,14 +267,7 @@ class UdevDaemon:
         program = self._units.get(command[0].rsplit("/", 1)[-1])
         if program is None:
             raise ShellError(f"{' '.join(argv)!r}: no model of {command[0]!r} as a transient service")
-        self._take("systemd_run")
-        self.transient_units += 1
-
-        def start() -> None:
-            program(command, "")
-
-        self._clock.call_later(self._elapsed, start, "transient service")
-        return 0, ""
+        return program, command
 
     @staticmethod
     def _reload_only(argv: Sequence[str]) -> None:

@@ -13,6 +13,10 @@
     A real kernel's ``timing.json`` as measured in the lab: ``../shared/vectors/*/timing.json``,
     ``../shared/timing/*-timing.json``, the lab's own runs (``lab-runs/*/timing.json``) and any file
     or directory in ``$CRASH_HOTPLUG_TIMING`` (``:``-separated). ``lab-6.12.43`` is built in.
+``legacy-throttled`` (every profile)
+    kdump-utils' ``98-kexec.rules`` as it ships it (``data/udev``, origin in its README): its RUN line
+    costs ``udev_event`` plus ``systemctl_is_active`` and ``systemd_run``, which no measurement here
+    prices (0 s, counted in ``udev_event``; RHEL 7's line runs the same two programs).
 ``--costs FILE``
     A JSON object of step names (``{"name": seconds}`` or ``{"name": {"seconds": s, "source": "..."}}``)
     over the built-in ``lab-6.12.43`` numbers, or a ``timing.json``.
