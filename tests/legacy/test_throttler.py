@@ -222,3 +222,16 @@ def test_rules_that_look_at_the_device_are_evaluated_per_event() -> None:
         m.uevents.send(Uevent("online", "memory", name))
     m.clock.run_until_idle()
     assert udev.events == 3 and udev.reload_requests == 1 and svc.reloads == 1
+
+
+def test_cpu_storm_settle_waits_for_the_event_finishing_as_it_wakes() -> None:
+    """``simulate cpu --add 6 --remove 3``: an add/remove event every 0.5 s, so each holder's settle
+    (1 s after its event's worker finished) wakes at the instant the worker of the event 1 s later
+    finishes. The queue holds that event until its worker is done, RUN line included, so its
+    throttler starts first and finds the lock held: 3 reloads for the 9 events (at 1.0006, 2.5006,
+    4.0052 s), where counting the queue empty at that instant gave 4."""
+    from crash_hotplug.sim.engine import simulate
+    from crash_hotplug.sim.plans import cpu_plan
+
+    tl = simulate("legacy-throttled", cpu_plan(6, 3))
+    assert [round(s, 4) for s, _ in tl.reload_busy] == [1.0006, 2.5006, 4.0052]
