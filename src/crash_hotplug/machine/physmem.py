@@ -190,8 +190,14 @@ class PhysMem:
         fills[lo:hi] = kept
 
     def read(self, paddr: int, size: int) -> bytes:
-        if size <= 0:
-            return b""
+        off = paddr % PAGE_SIZE
+        if off + size <= PAGE_SIZE:
+            # within one page (a table entry, an ELF header): the common case, without a call
+            if size <= 0:
+                return b""
+            pfn = paddr // PAGE_SIZE
+            page = self._pages.get(pfn)
+            return bytes((page if page is not None else self._unwritten(pfn))[off : off + size])
         if not _HELD_SIZES[0] <= size <= _HELD_SIZES[1]:
             return self._read(paddr, size)
         data = self._held.get((paddr, size))
