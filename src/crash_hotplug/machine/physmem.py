@@ -218,6 +218,12 @@ class PhysMem:
         if first == last:
             page = pages.get(first)
             return bytes((page if page is not None else unwritten(first))[off : off + size])
+        if first + 1 == last:
+            # across one page boundary (a program header table): two slices
+            stored_head, stored_tail = pages.get(first), pages.get(last)
+            head = unwritten(first) if stored_head is None else stored_head
+            rest = unwritten(last) if stored_tail is None else stored_tail
+            return bytes(head[off:] + rest[: paddr + size - last * PAGE_SIZE])
         parts: list[bytes | bytearray | memoryview]
         parts = [pages.get(pfn) or unwritten(pfn) for pfn in range(first, last + 1)]
         # the partial first and last pages joined through views (one copy of the bytes asked for)
