@@ -130,11 +130,13 @@ def kimage_load_segment(mem: PhysMem, seg: KexecSegment) -> None:
 
 
 def _padded(data: bytes, memsz: int) -> bytes:
-    """``data`` followed by zeros up to ``memsz`` bytes; the last few are kept by the buffer's
+    """``data`` followed by zeros up to ``memsz`` bytes; the last few used are kept by the buffer's
     identity (the entry holds the buffer, so its ``id`` cannot be reused while it is kept)."""
     key = (id(data), memsz)
-    hit = _PADDED.get(key)
+    hit = _PADDED.pop(key, None)
     if hit is not None and hit[0] is data:
+        # most recently used last: the kernel and initrd of every reload stay while headers come and go
+        _PADDED[key] = hit
         return hit[1]
     padded = data + bytes(memsz - len(data))
     if len(_PADDED) >= _PADDED_MAX:
