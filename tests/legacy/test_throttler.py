@@ -11,16 +11,26 @@ from pathlib import Path
 from crash_hotplug.kexec.kexec_core import Kexec
 from crash_hotplug.legacy.kdumpctl import KdumpService
 from crash_hotplug.legacy.throttler import SETTLE_TIMEOUT, THROTTLE_SLEEP, Throttler
-from crash_hotplug.legacy.udev import parse_rules
-from crash_hotplug.legacy.udevd import KDUMP_UTILS_RULES, bundled_rules_text
+from crash_hotplug.legacy.udev import HotplugEvent, evaluate, parse_rules
+from crash_hotplug.legacy.udevd import (
+    KDUMP_UTILS_RULES,
+    RULES_ALWAYS_RELOAD,
+    bundled_rules,
+    bundled_rules_name,
+    bundled_rules_text,
+    without_fadump,
+)
 from crash_hotplug.machine.clock import Clock
 from crash_hotplug.machine.machine import GIB, Machine
 from crash_hotplug.scenario import ScenarioRun
-from crash_hotplug.sim.costs import CostModel, load_costs
+from crash_hotplug.sim.costs import RHEL7, CostModel, load_costs
+from tests.conftest import VECTORS_PPC64, needs_ppc64_vectors
 
 REPO = Path(__file__).resolve().parents[2]
 #: SHA-256 of rhkdump/kdump-utils v1.0.61 98-kexec.rules (as recorded in both READMEs)
 KDUMP_UTILS_SHA256 = "e1a0aaaa7e290b3cbf3d7e7b77cd8a50078711df57fed9edbcf2e9f3e0acce9c"
+#: and of its 98-kexec.rules.ppc64
+KDUMP_UTILS_PPC64_SHA256 = "5f5d746f5e910857df4ebf7794add753e2486c4768ea1a84b67b6e600e049b76"
 
 
 class Costs:
@@ -44,6 +54,45 @@ def test_the_simulator_runs_kdump_utils_file_as_shipped() -> None:
         assert run.udev is not None
         assert run.udev.rules == [parse_rules(text, KDUMP_UTILS_RULES)]
     assert not (REPO / "src/crash_hotplug/data/udev/98-kdump-reload.rules").exists(), "no paraphrase left"
+
+
+def test_ppc64le_runs_the_file_kdump_utils_installs_there() -> None:
+    """kdump-utils' Makefile installs 98-kexec.rules.ppc64 as 98-kexec.rules on ppc64/ppc64le."""
+    ppc = bundled_rules_name(KDUMP_UTILS_RULES, "ppc64le")
+    assert ppc == f"{KDUMP_UTILS_RULES}.ppc64" and bundled_rules_name(KDUMP_UTILS_RULES) == KDUMP_UTILS_RULES
+    assert hashlib.sha256(bundled_rules_text(ppc).encode()).hexdigest() == KDUMP_UTILS_PPC64_SHA256
+    readme = (REPO / "src/crash_hotplug/data/udev/README.md").read_text()
+    assert re.search(rf"^{KDUMP_UTILS_PPC64_SHA256}  {re.escape(ppc)}$", readme, re.M)
+    for other in (RULES_ALWAYS_RELOAD, RHEL7.rules):
+        assert bundled_rules_name(other, "ppc64le") == other
+    rules = bundled_rules(KDUMP_UTILS_RULES, "ppc64le")
+
+    def runs(subsystem: str, action: str, attrs: dict[str, str | None]) -> list[str]:
+        return [cmd for _, cmd in evaluate(rules, HotplugEvent(subsystem, action, "x", attrs)).outcomes[0].runs]
+
+    (mem,) = runs("memory", "online", {})
+    assert "/sys/kernel/fadump/hotplug_ready" in mem and runs("memory", "offline", {}) == [mem]
+    (cpu,) = runs("cpu", "online", {})
+    assert "/sys/kernel/fadump/enabled" in cpu
+    assert runs("cpu", "add", {}) == [] and runs("memory", "online", {"crash_hotplug": "1"}) == []
+    assert without_fadump("/sys/kernel/fadump/hotplug_ready") is None
+
+
+@needs_ppc64_vectors
+def test_ppc64le_storm_reloads_through_the_ppc64_rule() -> None:
+    from crash_hotplug.sim.engine import simulate
+    from crash_hotplug.sim.plans import GIB as PLAN_GIB
+    from crash_hotplug.sim.plans import resize_plan
+    from crash_hotplug.sim.ppc64 import Ppc64Guest, start_ppc64
+
+    assert VECTORS_PPC64 is not None
+    s0 = VECTORS_PPC64 / "6.12" / "base" / "S0"
+    guest = Ppc64Guest(s0 / "root", (s0 / "crash-fdt.dtb").read_bytes())
+    run = start_ppc64(guest, "legacy-throttled", rules=CostModel.default().throttled.rules)
+    assert run.udev is not None and run.udev.rules[0].path == f"{KDUMP_UTILS_RULES}.ppc64"
+    plan = resize_plan(6 * PLAN_GIB, 2 * PLAN_GIB, dimm=1 * PLAN_GIB, block=256 << 20, cpus=2, possible=8)
+    tl = simulate("legacy-throttled", plan, guest=guest)
+    assert 0 < len(tl.reloads) < plan.memory_events / 4, "no fadump: the throttler reloads, once per burst"
 
 
 def test_no_reload_while_kdump_service_is_not_active() -> None:
@@ -158,3 +207,31 @@ def test_systemctl_and_systemd_run_are_priced_and_sourced() -> None:
     assert run.udev.queue_empty_at() is None and run.udev.throttler.started == 1
     m.clock.run_until_idle()
     assert run.kdump.busy == [(0.031 + THROTTLE_SLEEP, 0.031 + THROTTLE_SLEEP)]
+
+
+def test_rules_that_look_at_the_device_are_evaluated_per_event() -> None:
+    """The RUN list is kept per (subsystem, action, crash_hotplug) only for rules that look at
+    nothing else: a rule matching KERNEL is evaluated for every event."""
+    from crash_hotplug.legacy.udevd import UdevDaemon
+    from crash_hotplug.machine.uevent import Uevent
+
+    m, svc = _service()
+    rf = parse_rules('SUBSYSTEM=="memory", KERNEL=="memory1", RUN+="/usr/bin/kdumpctl reload"\n', "t.rules")
+    udev = UdevDaemon(svc, [rf], lambda: None).attach()
+    for name in ("memory0", "memory1", "memory2"):
+        m.uevents.send(Uevent("online", "memory", name))
+    m.clock.run_until_idle()
+    assert udev.events == 3 and udev.reload_requests == 1 and svc.reloads == 1
+
+
+def test_cpu_storm_settle_waits_for_the_event_finishing_as_it_wakes() -> None:
+    """``simulate cpu --add 6 --remove 3``: an add/remove event every 0.5 s, so each holder's settle
+    (1 s after its event's worker finished) wakes at the instant the worker of the event 1 s later
+    finishes. The queue holds that event until its worker is done, RUN line included, so its
+    throttler starts first and finds the lock held: 3 reloads for the 9 events (at 1.0006, 2.5006,
+    4.0052 s), where counting the queue empty at that instant gave 4."""
+    from crash_hotplug.sim.engine import simulate
+    from crash_hotplug.sim.plans import cpu_plan
+
+    tl = simulate("legacy-throttled", cpu_plan(6, 3))
+    assert [round(s, 4) for s, _ in tl.reload_busy] == [1.0006, 2.5006, 4.0052]

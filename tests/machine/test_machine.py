@@ -228,3 +228,22 @@ def test_crashkernel_high_reserves_a_low_region_too(tmp_path: Path) -> None:
     assert first_difference(prepare_elf_headers(state)[0], header(m)) is None
     _, nr_ranges = prepare_elf_headers(m.kernel_state())
     assert nr_ranges == 3, "the low 1 MiB, crashk_low and crashk_res cut out of 3 System RAM ranges"
+
+
+def test_live_kernel_state_follows_every_change_of_the_machine() -> None:
+    """The live view (``snapshot=False``) is handed out again only while nothing it holds changed."""
+    m = Machine.new(mem_gib=2, cpus=2, possible=4)
+    live = m.kernel_state(snapshot=False)
+    assert m.kernel_state(snapshot=False) is live
+    m.cpu_hot_add(2)
+    m.cpu_online(2)
+    after = m.kernel_state(snapshot=False)
+    assert (live.present, live.online) == ((0, 1), (0, 1))
+    assert (after.present, after.online) == ((0, 1, 2), (0, 1, 2))
+    m.add_dimm(GIB)
+    assert m.kernel_state(snapshot=False).iomem is m.iomem
+    assert iomem_render(m.kernel_state(snapshot=False).iomem) == iomem_render(m.iomem)
+    m.crashk_res = None
+    assert m.kernel_state(snapshot=False).crashk_res is None
+    snap = m.kernel_state()
+    assert snap.iomem is not m.iomem and m.kernel_state() is not snap

@@ -126,6 +126,32 @@ def test_block_refusals_and_policies() -> None:
         m.add_dimm(GIB, name=d.name)
 
 
+def test_first_fit_fills_holes_left_by_removed_dimms() -> None:
+    """QEMU places a DIMM in the first hole from the device-memory base that holds it, whatever
+    was added and removed before (the machine keeps the DIMM layout between placements)."""
+    import random
+
+    def first_fit(m: Machine, size: int) -> int:
+        addr = m.dimm_base
+        for d in sorted(m.memory.dimms.values(), key=lambda d: d.start):
+            if addr + size <= d.start:
+                break
+            addr = max(addr, d.end + 1)
+        return -(-addr // m.block_size) * m.block_size
+
+    rng = random.Random(7)
+    m = Machine.new(mem_gib=2, maxmem_gib=120, slots=40)
+    for _ in range(80):
+        for size in (m.block_size, GIB, 3 * GIB):
+            assert m.next_dimm_address(size) == first_fit(m, size)
+        if m.memory.dimms and rng.random() < 0.35:
+            m.remove_dimm(rng.choice(list(m.memory.dimms)))
+        elif len(m.memory.dimms) < m.dimm_slots:
+            size = rng.choice((m.block_size, GIB, 2 * GIB))
+            expected = first_fit(m, size)
+            assert m.add_dimm(size, online="offline").start == expected
+
+
 def test_notifier_errno_round_trip() -> None:
     assert notifier_to_errno(notifier_from_errno(-16)) == -16
     assert notifier_to_errno(NOTIFY_OK) == 0

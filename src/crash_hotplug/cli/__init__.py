@@ -6,27 +6,45 @@ snapshot, or an extracted sosreport. Bad input ends with one line on stderr and 
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
 import click
 
-from crash_hotplug.cli.audit import audit
 from crash_hotplug.cli.common import PAGE_SIZE, err, example_root, fails_cleanly
-from crash_hotplug.cli.elfcorehdr import elfcorehdr, print_summary
-from crash_hotplug.cli.host import snapshot, status
-from crash_hotplug.cli.lab import lab
-from crash_hotplug.cli.scenario import scenario
-from crash_hotplug.cli.simulate import simulate
-from crash_hotplug.crash.x86_64 import crash_load_segments_memsz, prepare_elf_headers
-from crash_hotplug.elf.core import ElfCore
-from crash_hotplug.inspect import summarize
-from crash_hotplug.snapshot.reader import read_kernel_state
 
 __all__ = ["cli", "example_root", "main"]
 
+#: command groups, imported when they are run (a run of one command loads only its own part of
+#: the library): name -> (module, attribute)
+_LAZY = {
+    "audit": ("crash_hotplug.cli.audit", "audit"),
+    "elfcorehdr": ("crash_hotplug.cli.elfcorehdr", "elfcorehdr"),
+    "lab": ("crash_hotplug.cli.lab", "lab"),
+    "scenario": ("crash_hotplug.cli.scenario", "scenario"),
+    "simulate": ("crash_hotplug.cli.simulate", "simulate"),
+    "snapshot": ("crash_hotplug.cli.host", "snapshot"),
+    "status": ("crash_hotplug.cli.host", "status"),
+}
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class _LazyGroup(click.Group):
+    """A group whose subcommands in :data:`_LAZY` are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *_LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in _LAZY and cmd_name not in self.commands:
+            module, attr = _LAZY[cmd_name]
+            cmd = getattr(importlib.import_module(module), attr)
+            assert isinstance(cmd, click.Command)
+            self.add_command(cmd, cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="crash-hotplug")
 def cli() -> None:
     """Linux kdump crash hotplug, modelled to the byte."""
@@ -38,6 +56,12 @@ def cli() -> None:
 @fails_cleanly
 def demo(root: Path | None) -> None:
     """The default job: build and show the elfcorehdr of the bundled example snapshot."""
+    from crash_hotplug.cli.elfcorehdr import print_summary
+    from crash_hotplug.crash.x86_64 import crash_load_segments_memsz, prepare_elf_headers
+    from crash_hotplug.elf.core import ElfCore
+    from crash_hotplug.inspect import summarize
+    from crash_hotplug.snapshot.reader import read_kernel_state
+
     root = root or example_root()
     state = read_kernel_state(root)
     buf, nr = prepare_elf_headers(state)
@@ -46,14 +70,6 @@ def demo(root: Path | None) -> None:
                   reserved_size=-(-memsz // PAGE_SIZE) * PAGE_SIZE)
     print_summary(s, f"elfcorehdr built for {root} (kernel {state.config.version})")
 
-
-cli.add_command(elfcorehdr)
-cli.add_command(status)
-cli.add_command(snapshot)
-cli.add_command(scenario)
-cli.add_command(audit)
-cli.add_command(simulate)
-cli.add_command(lab)
 
 
 def main() -> None:

@@ -39,20 +39,24 @@ from importlib import resources
 from crash_hotplug.legacy.kdumpctl import KdumpService
 from crash_hotplug.legacy.shell import Program, ShellError, grep, parse_command, run_script
 from crash_hotplug.legacy.throttler import Throttler
-from crash_hotplug.legacy.udev import HotplugEvent, RuleFile, evaluate, parse_rules
+from crash_hotplug.legacy.udev import HotplugEvent, Key, RuleFile, evaluate, parse_rules
 from crash_hotplug.machine.clock import Clock
 from crash_hotplug.machine.uevent import Uevent
 
 __all__ = [
     "KDUMP_UTILS_RULES",
+    "PPC64_ARCHES",
     "RULES_ALWAYS_RELOAD",
     "RULES_CRASH_HOTPLUG_AWARE",
     "UdevDaemon",
     "bundled_rules",
+    "bundled_rules_name",
     "bundled_rules_text",
+    "without_fadump",
 ]
 
-#: kdump-utils' ``98-kexec.rules`` as it ships it (origin: ``data/udev/README.md``)
+#: kdump-utils' ``98-kexec.rules`` as it ships it (origin: ``data/udev/README.md``); its ppc64 variant
+#: is the same name with ``.ppc64``
 KDUMP_UTILS_RULES = "kdump-utils-98-kexec.rules"
 #: the crash_hotplug-aware rule with the throttler: kdump-utils' own
 RULES_CRASH_HOTPLUG_AWARE = KDUMP_UTILS_RULES
@@ -64,18 +68,53 @@ _RUN_VALUES = frozenset({"--unit", "-u", "--description", "--property", "-p", "-
                          "--nice", "--setenv", "-E", "--working-directory"})
 
 
+#: architectures on which kdump-utils installs ``98-kexec.rules.ppc64`` as its ``98-kexec.rules``
+PPC64_ARCHES = ("ppc64", "ppc64le")
+
+
 def bundled_rules_text(name: str) -> str:
     """The text of a rule file shipped with the package (``data/udev``), as shipped."""
     return (resources.files("crash_hotplug") / "data" / "udev" / name).read_text()
 
 
-def bundled_rules(name: str) -> list[RuleFile]:
-    """One of the rule files shipped with the package (``data/udev``)."""
-    return [parse_rules(bundled_rules_text(name), name)]
+def bundled_rules_name(name: str, arch: str = "x86_64") -> str:
+    """The file installed for ``name`` on ``arch``: on ppc64/ppc64le the ``.ppc64`` variant where one
+    is shipped (kdump-utils' Makefile installs ``98-kexec.rules.ppc64`` as ``98-kexec.rules`` there)."""
+    if arch in PPC64_ARCHES and (resources.files("crash_hotplug") / "data" / "udev" / f"{name}.ppc64").is_file():
+        return f"{name}.ppc64"
+    return name
+
+
+def bundled_rules(name: str, arch: str = "x86_64") -> list[RuleFile]:
+    """One of the rule files shipped with the package (``data/udev``), as installed on ``arch``."""
+    chosen = bundled_rules_name(name, arch)
+    return [parse_rules(bundled_rules_text(chosen), chosen)]
+
+
+#: match keys whose outcome the event's subsystem, action and crash_hotplug decide
+_BY_EVENT = frozenset({"ACTION", "SUBSYSTEM", "SUBSYSTEMS"})
+
+
+def _event_key(k: Key) -> bool:
+    """Whether a key of a rule looks at nothing but the event's subsystem and action and the
+    ``crash_hotplug`` attribute (so the rules' RUN list can be kept per such triple)."""
+    if not k.is_match:  # a RUN with udev's substitutions (%k, $devpath) would differ per device
+        return k.name in ("GOTO", "LABEL") or (k.name == "RUN" and "%" not in k.value and "$" not in k.value)
+    return k.name in _BY_EVENT or (k.name in ("ATTR", "ATTRS") and k.attr == "crash_hotplug")
 
 
 def _no_file(path: str) -> str | None:
     raise ShellError(f"{path}: a file the model of this host does not hold")
+
+
+def without_fadump(path: str) -> str | None:
+    """The files of a powerpc kernel without firmware-assisted dump, as kdump-utils' ppc64 rule reads
+    them: ``/sys/kernel/fadump`` does not exist (``fadump_init_files`` never ran: the model has no
+    fadump, and the ppc64le vectors' Debian 6.12 kernel is built without ``CONFIG_FA_DUMP``). Any
+    other path is not held."""
+    if path.startswith("/sys/kernel/fadump/"):
+        return None
+    return _no_file(path)
 
 
 @dataclass
@@ -104,9 +143,15 @@ class UdevDaemon:
     _elapsed: float = 0.0
     _worker: Mapping[str, Program] = field(init=False)
     _units: Mapping[str, Program] = field(init=False)
+    #: (subsystem, action, crash_hotplug) -> the RUN list, when the rules look at nothing else
+    _runs: dict[tuple[str, str, int | None], tuple[tuple[str, str], ...]] | None = field(init=False)
+    #: a systemd-run command line -> the program it starts and that program's argv
+    _transient: dict[tuple[str, ...], tuple[Program, tuple[str, ...]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.throttler = Throttler(self.service, self.queue_empty_at)
+        by_event = all(_event_key(k) for rf in self.rules for r in rf.rules for k in r.keys)
+        self._runs = {} if by_event else None
         self._worker = {
             "systemctl": self._systemctl, "systemd-run": self._systemd_run, "kdumpctl": self._kdumpctl,
             "kdump-udev-throttler": self._throttler_in_worker, "test": self._test, "[": self._test,
@@ -142,13 +187,14 @@ class UdevDaemon:
     def _handle(self) -> None:
         ev = self._queue[0]
         flag = self.crash_hotplug_attr()
-        attrs = {} if flag is None else {"crash_hotplug": str(flag)}
-        res = evaluate(self.rules, HotplugEvent(ev.subsystem, ev.action, ev.kernel, attrs))
-        if len(res.outcomes) != 1:
-            raise ShellError(f"{ev.subsystem} {ev.action}: the rules' outcome depends on what the model does "
-                             f"not know ({'; '.join(res.deciding_assumptions or res.unevaluated)})")
+        key = (ev.subsystem, ev.action, flag)
+        runs = None if self._runs is None else self._runs.get(key)
+        if runs is None:
+            runs = self._evaluate(ev, flag)
+            if self._runs is not None:
+                self._runs[key] = runs
         self._elapsed = 0.0
-        for where, cmd in res.outcomes[0].runs:
+        for where, cmd in runs:
             try:
                 run_script(parse_command(cmd), self._worker)
             except ShellError as e:
@@ -159,6 +205,14 @@ class UdevDaemon:
             self._clock.call_later(extra, self._done, "udev worker RUN")
         else:
             self._done()
+
+    def _evaluate(self, ev: Uevent, flag: int | None) -> tuple[tuple[str, str], ...]:
+        attrs = {} if flag is None else {"crash_hotplug": str(flag)}
+        res = evaluate(self.rules, HotplugEvent(ev.subsystem, ev.action, ev.kernel, attrs))
+        if len(res.outcomes) != 1:
+            raise ShellError(f"{ev.subsystem} {ev.action}: the rules' outcome depends on what the model does "
+                             f"not know ({'; '.join(res.deciding_assumptions or res.unevaluated)})")
+        return tuple(res.outcomes[0].runs)
 
     def _done(self) -> None:
         self._queue.popleft()
@@ -182,6 +236,22 @@ class UdevDaemon:
         return 0, "".join(f"{s}\n" for s in states)
 
     def _systemd_run(self, argv: Sequence[str], stdin: str) -> tuple[int, str]:
+        line = tuple(argv)
+        hit = self._transient.get(line)
+        if hit is None:
+            hit = self._transient[line] = self._transient_unit(argv)
+        program, command = hit
+        self._take("systemd_run")
+        self.transient_units += 1
+
+        def start() -> None:
+            program(command, "")
+
+        self._clock.call_later(self._elapsed, start, "transient service")
+        return 0, ""
+
+    def _transient_unit(self, argv: Sequence[str]) -> tuple[Program, tuple[str, ...]]:
+        """What ``systemd-run ARGV`` starts: the program and its argv (options checked)."""
         i = 1
         while i < len(argv) and argv[i].startswith("-"):
             opt = argv[i].split("=", 1)[0]
@@ -197,14 +267,7 @@ class UdevDaemon:
         program = self._units.get(command[0].rsplit("/", 1)[-1])
         if program is None:
             raise ShellError(f"{' '.join(argv)!r}: no model of {command[0]!r} as a transient service")
-        self._take("systemd_run")
-        self.transient_units += 1
-
-        def start() -> None:
-            program(command, "")
-
-        self._clock.call_later(self._elapsed, start, "transient service")
-        return 0, ""
+        return program, command
 
     @staticmethod
     def _reload_only(argv: Sequence[str]) -> None:

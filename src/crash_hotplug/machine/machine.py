@@ -11,11 +11,13 @@ itself as :attr:`Machine.kexec` (see :class:`KexecStatus`).
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from operator import attrgetter
+from itertools import islice
+from operator import attrgetter, is_
 from typing import Any, Final, Protocol
 
 from crash_hotplug.elf.prstatus import CRASH_CORE_NOTE_BYTES
@@ -44,8 +46,8 @@ from crash_hotplug.machine.uevent import Uevent, UeventBus
 
 #: a CPU's ``crash_notes`` address, read at C speed
 _CRASH_NOTES = attrgetter("crash_notes")
-#: a DIMM's start address, read at C speed
-_DIMM_START = attrgetter("start")
+#: a DIMM's start and size, read at C speed
+_DIMM_SPAN = attrgetter("start", "size")
 
 __all__ = [
     "GIB",
@@ -151,6 +153,12 @@ class Machine:
     #: the CPU that panicked, once the panic path has run
     panic_cpu: int | None = None
     _clock_us: int = field(default=0, init=False, repr=False)
+    #: see :meth:`_dimm_layout`
+    _dimm_cache: tuple[tuple[Dimm, ...], list[tuple[int, int]], int, int] | None = field(
+        default=None, init=False, repr=False, compare=False)
+    #: the last :meth:`kernel_state` view of the live tree, with the objects it was made of
+    _live_state: tuple[tuple[object, ...], KernelState] | None = field(
+        default=None, init=False, repr=False, compare=False)
     _dimm_seq: int = field(default=1, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -158,9 +166,11 @@ class Machine:
         self.memory.register_memory_notifier(self._memory_uevent, _UEVENT_PRIORITY, "memory uevent")
 
     def _memory_uevent(self, action: int, arg: MemoryNotify) -> int:
+        """``memory_block_change_state``'s ``kobject_uevent`` once the chain ran (see :meth:`uevent`)."""
         if action in (MEM_ONLINE, MEM_OFFLINE):
             block = arg.start_pfn * PAGE_SIZE // self.memory.block_size
-            self.uevent("online" if action == MEM_ONLINE else "offline", "memory", f"memory{block}")
+            self.uevents.send(Uevent("online" if action == MEM_ONLINE else "offline", "memory", f"memory{block}",
+                                     self.clock.now))
         return NOTIFY_OK
 
     def uevent(self, action: str, subsystem: str, kernel: str) -> None:
@@ -206,14 +216,24 @@ class Machine:
         """The :class:`KernelState` of the machine now (what the header builder reads).
 
         ``snapshot=False`` shares the live iomem tree instead of copying it: for a caller that
-        builds the header at once (the per-event hotplug path) and keeps nothing.
+        builds the header at once (the per-event hotplug path) and keeps nothing. Such a view is
+        handed out again, the same object, while every value it holds is the same object as
+        before (a storm asks for it several times per block event).
         """
         possible, notes = self._boot_layout()
-        return KernelState(
+        present, online = self.cpus.present, self.cpus.online
+        if not snapshot:
+            key = (possible, notes, present, online, self.iomem, self.config, self.crashk_res, self.crashk_low_res,
+                   self.crash_notes_size, self.vmcoreinfo_paddr, self.vmcoreinfo_size, self.text_vaddr,
+                   self.text_paddr, self.text_size, self.page_offset)
+            cached = self._live_state
+            if cached is not None and all(map(is_, key, cached[0])):
+                return cached[1]
+        state = KernelState(
             config=self.config,
             possible=possible,
-            present=self.cpus.present,
-            online=self.cpus.online,
+            present=present,
+            online=online,
             crash_notes=notes,
             crash_notes_size=self.crash_notes_size,
             vmcoreinfo_paddr=self.vmcoreinfo_paddr,
@@ -226,6 +246,9 @@ class Machine:
             crashk_res=self.crashk_res,
             crashk_low_res=self.crashk_low_res,
         )
+        if not snapshot:
+            self._live_state = (key, state)
+        return state
 
     def system_ram(self) -> list[tuple[int, int]]:
         """Inclusive ``System RAM`` ranges (``walk_system_ram_res``)."""
@@ -241,8 +264,10 @@ class Machine:
 
     def printk(self, msg: str, *, advance_us: int = 100) -> None:
         """Append a kernel log line stamped with the machine's clock (never behind :attr:`clock`)."""
-        self._clock_us = max(self._clock_us + advance_us, int(self.clock.now * 1e6))
-        s, us = divmod(self._clock_us, 1_000_000)
+        us = self._clock_us + advance_us
+        now_us = int(self.clock.now * 1e6)
+        self._clock_us = us = us if us >= now_us else now_us
+        s, us = divmod(us, 1_000_000)
         self.log.append(f"[{s:5d}.{us:06d}] {msg}")
 
     # -- boot-time memory contents -----------------------------------------------------------
@@ -361,12 +386,38 @@ class Machine:
     def next_dimm_address(self, size: int) -> int:
         """First address from :attr:`dimm_base` where ``size`` bytes fit between present DIMMs
         (QEMU's first fit in the device-memory region, block aligned)."""
-        addr = self.dimm_base
-        for d in sorted(self.memory.dimms.values(), key=_DIMM_START):
-            if addr + size <= d.start:
+        spans, packed, addr = self._dimm_layout()
+        if size <= 0:
+            packed, addr = 0, self.dimm_base
+        for start, dimm_size in islice(spans, packed, None):
+            if addr + size <= start:
                 break
-            addr = max(addr, d.end + 1)
+            if start + dimm_size > addr:
+                addr = start + dimm_size
         return -(-addr // self.block_size) * self.block_size
+
+    def _dimm_layout(self) -> tuple[list[tuple[int, int]], int, int]:
+        """The present DIMMs' ``(start, size)`` in address order, how many of the first of them
+        leave no hole from :attr:`dimm_base` on, and where that run ends: kept from one call to
+        the next while DIMMs are only added (a storm's first fit then looks at no DIMM at all)."""
+        dimms = tuple(self.memory.dimms.values())
+        cache = self._dimm_cache
+        if cache is not None and len(cache[0]) <= len(dimms) and all(map(is_, cache[0], dimms)):
+            _, spans, packed, addr = cache
+            for d in dimms[len(cache[0]):]:
+                i = bisect.bisect_left(spans, (d.start, d.size))
+                spans.insert(i, (d.start, d.size))
+                if i < packed:
+                    packed, addr = 0, self.dimm_base
+        else:
+            spans, packed, addr = sorted(map(_DIMM_SPAN, dimms)), 0, self.dimm_base
+        while packed < len(spans) and spans[packed][0] <= addr:
+            start, dimm_size = spans[packed]
+            if start + dimm_size > addr:
+                addr = start + dimm_size
+            packed += 1
+        self._dimm_cache = (dimms, spans, packed, addr)
+        return spans, packed, addr
 
     def add_dimm(self, size: int, *, name: str | None = None, start: int | None = None,
                  online: str | None = None) -> Dimm:

@@ -110,9 +110,22 @@ class PhysMem:
         already holds changes nothing and keeps the memory of the range around it."""
         if self._held and start < self._held_hi and self._held_lo < end:
             hit = [k for k in self._held if k[0] < end and start < k[0] + k[1]]
-            if hit and (data is None or len(data) > PAGE_SIZE or self._read(start, end - start) != data):
+            if hit and (data is None or len(data) > PAGE_SIZE or not self._same(start, data)):
                 for k in hit:
                     del self._held[k]
+                if not self._held:
+                    self._held_lo, self._held_hi = 1 << 64, 0
+
+    def _same(self, paddr: int, data: bytes) -> bool:
+        """Does memory at ``paddr`` hold ``data`` (at most a page) already? Compared in place."""
+        pfn, off = divmod(paddr, PAGE_SIZE)
+        if off + len(data) > PAGE_SIZE:
+            return self._read(paddr, len(data)) == data
+        stored = self._pages.get(pfn)
+        page = stored if stored is not None else self._unwritten(pfn)
+        if off == 0 and len(data) == PAGE_SIZE:
+            return page == data
+        return page[off : off + len(data)] == data
 
     def _unwritten(self, pfn: int) -> bytes:
         """What a page that holds no write reads as: its fill, or its pattern."""
@@ -137,9 +150,10 @@ class PhysMem:
         self.writes += 1
         self._changing(paddr, paddr + size)
         fills = self._fills
-        if not fills or start >= fills[-1][1]:
-            # above every fill (memmaps of DIMMs hot-added in address order): nothing to cut
-            fills.append((start, end, bytes(page)))
+        i = bisect.bisect_left(fills, (start,))
+        if (i == 0 or fills[i - 1][1] <= start) and (i == len(fills) or end <= fills[i][0]):
+            # between fills, over none (a memmap for a hot-added section): nothing to cut
+            fills.insert(i, (start, end, bytes(page)))
         else:
             self._unfill(start, end)
             bisect.insort(fills, (start, end, bytes(page)))
@@ -198,9 +212,15 @@ class PhysMem:
         if first == last:
             page = pages.get(first)
             return bytes((page if page is not None else unwritten(first))[off : off + size])
+        parts: list[bytes | bytearray | memoryview]
         parts = [pages.get(pfn) or unwritten(pfn) for pfn in range(first, last + 1)]
-        whole = b"".join(parts)
-        return whole[off : off + size] if off or len(whole) != size else whole
+        # the partial first and last pages joined through views (one copy of the bytes asked for)
+        if off:
+            parts[0] = memoryview(parts[0])[off:]
+        tail = paddr + size - last * PAGE_SIZE
+        if tail < PAGE_SIZE:
+            parts[-1] = memoryview(parts[-1])[:tail]
+        return b"".join(parts)
 
     def write(self, paddr: int, data: bytes) -> None:
         self.writes += 1

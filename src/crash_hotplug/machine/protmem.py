@@ -10,6 +10,10 @@ from __future__ import annotations
 from crash_hotplug.errors import CrashHotplugError
 from crash_hotplug.machine.physmem import PAGE_SIZE, PhysMem
 
+#: ``PAGE_SHIFT``, and the offset bits within a page
+_PAGE_SHIFT = PAGE_SIZE.bit_length() - 1
+_PAGE_MASK = PAGE_SIZE - 1
+
 __all__ = ["GuardedPhysMem", "ProtectedMemoryWriteError"]
 
 
@@ -30,6 +34,13 @@ class GuardedPhysMem(PhysMem):
     def __init__(self, seed: int = 0) -> None:
         super().__init__(seed)
         self._ro: set[tuple[int, int]] = set()
+        #: the span of every read-only range (a write outside it needs no look at each)
+        self._ro_lo = 1 << 64
+        self._ro_hi = -1
+
+    def _ro_changed(self) -> None:
+        self._ro_lo = min((s for s, _ in self._ro), default=1 << 64)
+        self._ro_hi = max((e for _, e in self._ro), default=-1)
 
     @property
     def protected(self) -> tuple[tuple[int, int], ...]:
@@ -38,37 +49,49 @@ class GuardedPhysMem(PhysMem):
     def protect(self, start: int, end: int) -> None:
         """Make ``[start, end]`` read-only (``set_memory_ro``)."""
         self._ro.add((start, end))
+        self._ro_changed()
 
     def unprotect(self, start: int, end: int) -> None:
         """Make ``[start, end]`` writable again (``set_memory_rw``)."""
         self._ro.discard((start, end))
+        self._ro_changed()
 
     def is_protected(self, paddr: int, size: int = 1) -> bool:
         return any(not (paddr + size - 1 < s or paddr > e) for s, e in self._ro)
 
     def write(self, paddr: int, data: bytes) -> None:
-        if not data:
+        n = len(data)
+        if not n:
             return
-        for rng in self._ro:
-            if not (paddr + len(data) - 1 < rng[0] or paddr > rng[1]):
-                raise ProtectedMemoryWriteError(paddr, len(data), rng)
+        if paddr <= self._ro_hi and paddr + n > self._ro_lo:
+            last = paddr + n - 1
+            for rng in self._ro:
+                if last >= rng[0] and paddr <= rng[1]:
+                    raise ProtectedMemoryWriteError(paddr, n, rng)
         self.writes += 1
         if self._held:
-            if self._holds(paddr, data):
+            held = self._held.get((paddr, n))
+            if held is not None and (held is data or held == data):
                 # memory holds these bytes already (a reload's segment where the last load put it)
                 return
-            self._changing(paddr, paddr + len(data), data)
-        # whole pages are stored as they are (no need to start from the pattern)
-        head = min(len(data), -paddr % PAGE_SIZE)
-        if head == 0 and len(data) == PAGE_SIZE:
-            # one whole page (a header page copied by the hotplug handler)
-            self._pages[paddr // PAGE_SIZE] = bytearray(data)
-            self._page_span(paddr // PAGE_SIZE, paddr // PAGE_SIZE + 1)
-            return
-        if head == len(data):
+            if paddr < self._held_hi and self._held_lo < paddr + n:
+                self._changing(paddr, paddr + n, data)
+        off = paddr & _PAGE_MASK
+        if off + n <= PAGE_SIZE:
+            pfn = paddr >> _PAGE_SHIFT
+            if n == PAGE_SIZE:
+                # one whole page (a header page copied by the hotplug handler), stored as it is
+                self._pages[pfn] = bytearray(data)
+                self._page_span(pfn, pfn + 1)
+                return
             # within one page (the 8-byte table entries, the notes)
-            self._store(paddr, data)
+            page = self._pages.get(pfn)
+            if page is None:
+                page = self._page(pfn)
+            page[off : off + n] = data
             return
+        # whole pages are stored as they are (no need to start from the pattern)
+        head = -paddr % PAGE_SIZE
         if head:
             self._store(paddr, data[:head])
         whole = (len(data) - head) // PAGE_SIZE

@@ -13,6 +13,10 @@
     A real kernel's ``timing.json`` as measured in the lab: ``../shared/vectors/*/timing.json``,
     ``../shared/timing/*-timing.json``, the lab's own runs (``lab-runs/*/timing.json``) and any file
     or directory in ``$CRASH_HOTPLUG_TIMING`` (``:``-separated). ``lab-6.12.43`` is built in.
+``legacy-throttled`` (every profile)
+    kdump-utils' ``98-kexec.rules`` as it ships it (``data/udev``, origin in its README): its RUN line
+    costs ``udev_event`` plus ``systemctl_is_active`` and ``systemd_run``, which no measurement here
+    prices (0 s, counted in ``udev_event``; RHEL 7's line runs the same two programs).
 ``--costs FILE``
     A JSON object of step names (``{"name": seconds}`` or ``{"name": {"seconds": s, "source": "..."}}``)
     over the built-in ``lab-6.12.43`` numbers, or a ``timing.json``.
@@ -88,7 +92,7 @@ THROTTLED = LegacyPath(
     "kdump-utils v1.0.61 98-kexec.rules (x86_64, unchanged; rhkdump/kdump-utils, text as of commit 659e0aa): "
     "unless crash_hotplug reads 1, systemctl is-active kdump.service, then systemd-run --no-block "
     "kdump-udev-throttler (1 s sleep, udevadm settle --timeout 3, one kdumpctl reload per burst); "
-    "kdumpctl reload: kexec -p -u, kexec -s -p (KEXEC_ARGS=-s on x86_64)")
+    "kdumpctl reload: kexec -p -u, kexec -s -p (KEXEC_ARGS=-s on x86_64); on ppc64le its 98-kexec.rules.ppc64")
 #: the rule from before crash hotplug, reloading with ``kexec -s -p``
 ALWAYS = LegacyPath("98-kdump-reload-always.rules", "kexec_file_load",
                     "every CPU add/remove and memory online/offline runs kdumpctl reload (kexec -s -p)")

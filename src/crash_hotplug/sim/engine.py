@@ -12,10 +12,9 @@ the image hidden during a copy -- come from the handlers and the reload path the
 from __future__ import annotations
 
 import bisect
-import contextlib
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from crash_hotplug.crash.arch import Outcome
@@ -235,6 +234,10 @@ class _Observer:
         self.event_times: list[float] = []
         self._memory_changes = 0
         self._hdr_key: tuple[object, ...] | None = None
+        self._addr_key: tuple[Kimage, str, int] | None = None
+        #: one object per range seen (see :meth:`_same`)
+        self._ranges: dict[tuple[int, int], tuple[int, int]] = {}
+        self._addr = 0
         self._table: bytes | None = None
         self._hdr: tuple[list[tuple[int, int]], set[int]] = ([], set())
         self._want_key: tuple[object, ...] | None = None
@@ -295,9 +298,19 @@ class _Observer:
                 state = m.kernel_state(snapshot=False)
                 cmem = fill_up_crash_elf_data(state)
                 elf_header_exclude_ranges(state, cmem)
-            base = sorted((max(s, LOW_1M), e) for s, e in cmem.ranges if e >= LOW_1M)
+            base = [self._same(r) for r in sorted((max(s, LOW_1M), e) for s, e in cmem.ranges if e >= LOW_1M)]
             self._base = (base, [s for s, _ in base], [e for _, e in base])
         return self._base
+
+    def _same(self, r: tuple[int, int]) -> tuple[int, int]:
+        """The one object for range ``r``: the header's ranges and the expected ones are then
+        compared by identity (at C speed), not number by number."""
+        same = self._ranges.get(r)
+        if same is None:
+            if len(self._ranges) >= 1 << 16:
+                self._ranges.clear()
+            same = self._ranges[r] = r
+        return same
 
     def _covered(self, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """The ranges as compared: sorted; on ppc64le, the memory they cover (merged) outside the
@@ -337,11 +350,16 @@ class _Observer:
         self._last = (hdr_key, want_key)
         if hdr_key != self._hdr_key:
             self._hdr_key = hdr_key
-            table = _header_table(m.mem.read, _header_addr(image))
+            # where the header is changes only with the image, its command line and active slot
+            k = self._addr_key
+            if k is None or k[0] is not image or k[1] is not image.cmdline or k[2] != image.elfcorehdr_active:
+                self._addr_key = (image, image.cmdline, image.elfcorehdr_active)
+                self._addr = _header_addr(image)
+            table = _header_table(m.mem.read, self._addr)
             if table != self._table:
                 self._table = table
                 ram, notes = _ram_and_notes(table)
-                self._hdr = (self._covered(ram), notes)
+                self._hdr = ([self._same(r) for r in self._covered(ram)], notes)
         if want_key != self._want_key:
             self._want_key = want_key
             # the memory ranges the kernel's own builder would describe with offline blocks cut
@@ -368,46 +386,46 @@ class _Observer:
             self.states.append((t, loaded, true))
 
 
-@contextlib.contextmanager
-def _refusals_named(op: SimOp) -> Iterator[None]:
-    """What the machine refuses while running ``op`` becomes a :class:`SimError` naming the op."""
-    try:
-        yield
-    except CrashHotplugError as e:
-        if isinstance(e, SimError):
-            raise
-        raise SimError(f"{op.origin or f't={op.t:.3f}s'}: {op.op} {op.args}: {e}") from None
-    except (KeyError, IndexError) as e:
-        raise SimError(f"{op.origin or f't={op.t:.3f}s'}: {op.op} {op.args}: no such {e}") from None
+def _refused(op: SimOp, e: Exception) -> SimError:
+    """What the machine refused while running ``op``, as a :class:`SimError` naming the op."""
+    if isinstance(e, SimError):
+        return e
+    what = "no such " if isinstance(e, (KeyError, IndexError)) else ""
+    return SimError(f"{op.origin or f't={op.t:.3f}s'}: {op.op} {op.args}: {what}{e}")
 
 
 def _apply(m: Machine, op: SimOp, blocks_of: dict[str, list[int]] | None = None) -> None:
     """Run one operation on the machine; ``blocks_of`` caches each DIMM's block indices."""
+    try:
+        _apply_op(m, op, {} if blocks_of is None else blocks_of)
+    except (CrashHotplugError, KeyError, IndexError) as e:
+        raise _refused(op, e) from None
+
+
+def _apply_op(m: Machine, op: SimOp, cache: dict[str, list[int]]) -> None:
     a = op.args
-    cache = {} if blocks_of is None else blocks_of
-    with _refusals_named(op):
-        if op.op == "dimm_add":
-            m.add_dimm(int(a["size"]), name=str(a["name"]), start=a.get("start"), online="offline")
-            cache.pop(str(a["name"]), None)
-        elif op.op in ("block_online", "block_offline"):
-            name = str(a["dimm"])
-            if name not in cache:
-                cache[name] = m.memory.dimm_blocks(name)
-            idx = cache[name][int(a["block"])]
-            (m.memory_block_online if op.op == "block_online" else m.memory_block_offline)(idx)
-        elif op.op == "dimm_remove":
-            cache.pop(str(a["name"]), None)
-            m.remove_dimm(str(a["name"]))
-        elif op.op == "cpu_add":
-            m.cpu_hot_add(int(a["cpu"]))
-        elif op.op == "cpu_online":
-            m.cpu_online(int(a["cpu"]))
-        elif op.op == "cpu_offline":
-            m.cpu_offline(int(a["cpu"]))
-        elif op.op == "cpu_remove":
-            m.cpu_hot_remove(int(a["cpu"]))
-        else:
-            raise SimError(f"unknown operation {op.op!r}")
+    if op.op == "dimm_add":
+        m.add_dimm(int(a["size"]), name=str(a["name"]), start=a.get("start"), online="offline")
+        cache.pop(str(a["name"]), None)
+    elif op.op in ("block_online", "block_offline"):
+        name = str(a["dimm"])
+        if name not in cache:
+            cache[name] = m.memory.dimm_blocks(name)
+        idx = cache[name][int(a["block"])]
+        (m.memory_block_online if op.op == "block_online" else m.memory_block_offline)(idx)
+    elif op.op == "dimm_remove":
+        cache.pop(str(a["name"]), None)
+        m.remove_dimm(str(a["name"]))
+    elif op.op == "cpu_add":
+        m.cpu_hot_add(int(a["cpu"]))
+    elif op.op == "cpu_online":
+        m.cpu_online(int(a["cpu"]))
+    elif op.op == "cpu_offline":
+        m.cpu_offline(int(a["cpu"]))
+    elif op.op == "cpu_remove":
+        m.cpu_hot_remove(int(a["cpu"]))
+    else:
+        raise SimError(f"unknown operation {op.op!r}")
 
 
 def _legacy_setup(approach: str, costs: CostModel) -> tuple[str, str | None]:
@@ -464,7 +482,7 @@ def _simulate_ppc64(approach: str, plan: Plan, costs: CostModel, guest: Ppc64Gue
 def _apply_ppc64(run: Ppc64SimRun, op: SimOp) -> None:
     """One operation as DLPAR does it: a block event is one LMB added (and onlined) or removed."""
     a = op.args
-    with _refusals_named(op):
+    try:
         if op.op == "dimm_add":
             run.dimm_add(str(a["name"]), int(a["size"]))
         elif op.op == "block_online":
@@ -475,6 +493,8 @@ def _apply_ppc64(run: Ppc64SimRun, op: SimOp) -> None:
             run.dimm_remove(str(a["name"]))
         else:
             raise SimError(f"{op.op}: not modelled on ppc64le (memory storms only)")
+    except (CrashHotplugError, KeyError, IndexError) as e:
+        raise _refused(op, e) from None
 
 
 def _run_plan(run: ScenarioRun | Ppc64SimRun, approach: str, plan: Plan, apply: Callable[[SimOp], None],

@@ -25,6 +25,8 @@ RED, ORANGE, PURPLE, BLUE, GREY = "#d62728", "#ff9f1c", "#7b2cbf", "#1f77b4", "#
 #: lanes of a row, bottom to top: (label, colour); the marker track is the lowest
 LANES = (("events", GREY), ("blocked", PURPLE), ("stale", ORANGE), ("no image", RED))
 _LANE_H = 0.8
+#: the height of an instant's marker, in points (about half a lane at the figure's size)
+_MARK_PT = 5.0
 
 
 def lane_spans(tl: Timeline, horizon: float) -> dict[str, list[tuple[float, float]]]:
@@ -43,17 +45,39 @@ def lane_spans(tl: Timeline, horizon: float) -> dict[str, list[tuple[float, floa
             "blocked": merge_intervals([(s, min(e, horizon)) for s, e, _ in tl.blocked if s < horizon])}
 
 
+def _span_collection(spans: list[tuple[float, float]], y: float, colour: str, label: str) -> Any:
+    """One lane's spans as rectangles of their exact width (what ``broken_barh`` draws), built
+    from one array: a storm's thousands of spans need no Python object each on the way in."""
+    import numpy as np
+    from matplotlib.collections import PolyCollection
+
+    xs = np.array(spans, dtype=float)
+    lo, hi = y - _LANE_H / 2, y + _LANE_H / 2
+    verts = np.empty((len(spans), 4, 2))
+    verts[:, 0, 0] = verts[:, 1, 0] = xs[:, 0]
+    verts[:, 2, 0] = verts[:, 3, 0] = xs[:, 1]
+    verts[:, 0, 1] = verts[:, 3, 1] = lo
+    verts[:, 1, 1] = verts[:, 2, 1] = hi
+    # an (n, 4, 2) array takes PolyCollection's fast path; its type stubs ask for a sequence
+    return PolyCollection(verts, facecolors=colour, linewidths=0, label=label)  # type: ignore[arg-type]
+
+
 def _row(ax: Any, tl: Timeline, spans: dict[str, list[tuple[float, float]]], lo: float, hi: float,
          bottom: bool) -> None:
     for y, (label, colour) in enumerate(LANES):
         if label == "events":
             continue
-        seen = [(s, e - s) for s, e in spans[label] if e > lo and s < hi]
+        seen = [(s, e) for s, e in spans[label] if e > lo and s < hi]
         if seen:
-            ax.broken_barh(seen, (y - _LANE_H / 2, _LANE_H), facecolors=colour, linewidth=0, label=label)
+            ax.add_collection(_span_collection(seen, y, colour, label), autolim=False)
     marks = tl.regenerations or tl.reloads
-    ax.vlines([e for e in tl.events if lo <= e <= hi], -0.4, 0.0, color=GREY, lw=0.3)
-    ax.vlines([m for m in marks if lo <= m <= hi], 0.0, 0.4, color=BLUE, lw=0.3)
+    # one marker path per track (a Line2D of ``|`` markers), not a line segment per instant: the
+    # storm has thousands of instants and a segment each costs seconds to build and draw
+    for times, mark_y, colour in ((tl.events, -0.2, GREY), (marks, 0.2, BLUE)):
+        xs = [t for t in times if lo <= t <= hi]
+        if xs:
+            ax.plot(xs, [mark_y] * len(xs), linestyle="none", marker="|", markersize=_MARK_PT,
+                    markeredgewidth=0.3, color=colour)
     ax.set_yticks(range(len(LANES)), ["events / writes", *[label for label, _ in LANES[1:]]], fontsize=6.5)
     ax.set_ylim(-0.6, len(LANES) - 0.4)
     ax.set_xlim(lo, hi)

@@ -10,7 +10,8 @@ The approaches that exist on powerpc:
 
 ``legacy`` / ``legacy-throttled``
     udev reloading kdump (``kexec -p -u`` then ``kexec -p``, without ``--hotplug``) on every event,
-    or once per burst through kdump-utils' throttler.
+    or once per burst through kdump-utils' throttler, with the rule kdump-utils installs on ppc64le
+    (``98-kexec.rules.ppc64``: its fadump checks find no ``/sys/kernel/fadump``).
 ``upstream``
     the kernel's update (6.9+, ``arch/powerpc/kexec/crash.c``) of an image loaded with
     ``kexec -p --hotplug``: on a removal the range going away is cut out of the header at once
@@ -35,7 +36,13 @@ from crash_hotplug.kexec.kexec_core import Kexec
 from crash_hotplug.kexec.kexec_load_ppc64 import Ppc64Payload, kexec_tools_load_ppc64
 from crash_hotplug.kexec.kimage import Kimage
 from crash_hotplug.legacy.kdumpctl import KdumpService
-from crash_hotplug.legacy.udevd import RULES_ALWAYS_RELOAD, RULES_CRASH_HOTPLUG_AWARE, UdevDaemon, bundled_rules
+from crash_hotplug.legacy.udevd import (
+    RULES_ALWAYS_RELOAD,
+    RULES_CRASH_HOTPLUG_AWARE,
+    UdevDaemon,
+    bundled_rules,
+    without_fadump,
+)
 from crash_hotplug.machine.machine import Machine
 from crash_hotplug.machine.pseries import LMB_SIZE, Pseries
 from crash_hotplug.machine.resource import system_ram_ranges
@@ -177,7 +184,8 @@ def start_ppc64(guest: Ppc64Guest, approach: str, rules: str | None = None) -> P
         throttled = approach == "legacy-throttled"
         run.kdump = KdumpService(kexec, "kexec_load", loader=run.load_image)
         chosen = rules or (RULES_CRASH_HOTPLUG_AWARE if throttled else RULES_ALWAYS_RELOAD)
-        run.udev = UdevDaemon(run.kdump, bundled_rules(chosen), run.crash_hotplug_attr, throttle=throttled).attach()
+        run.udev = UdevDaemon(run.kdump, bundled_rules(chosen, arch="ppc64le"), run.crash_hotplug_attr,
+                              throttle=throttled, read_file=without_fadump).attach()
     return run
 
 
