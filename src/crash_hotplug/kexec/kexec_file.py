@@ -14,6 +14,7 @@ everything, elfcorehdr included, and patch purgatory again after each rewrite.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -124,8 +125,10 @@ def _dbg(kx: Kexec, image: Kimage, msg: str) -> None:
         kx.machine.printk(msg)
 
 
+@functools.lru_cache(maxsize=16)
 def boot_params_buffer(cmdline: str) -> bytes:
-    """A ``struct boot_params`` (only the setup header magic filled) followed by the command line."""
+    """A ``struct boot_params`` (only the setup header magic filled) followed by the command line
+    (a function of the command line: the same object for the same line)."""
     bp = bytearray(BOOT_PARAMS_SIZE)
     bp[0x202:0x206] = b"HdrS"
     struct.pack_into("<I", bp, 0x228, 0)  # cmd_line_ptr: filled by the loader at run time

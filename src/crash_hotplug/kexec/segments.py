@@ -113,8 +113,39 @@ def kexec_add_buffer(image: Kimage, kbuf: KexecBuf, windows: list[tuple[int, int
 
 
 def kimage_load_segment(mem: PhysMem, seg: KexecSegment) -> None:
-    """``kimage_load_crash_segment``: copy ``bufsz`` bytes to ``mem`` and zero the rest of ``memsz``."""
+    """``kimage_load_crash_segment``: copy ``bufsz`` bytes to ``mem`` and zero the rest of ``memsz``.
+
+    Up to 2 MiB the buffer and its zeros go in one write of one bytes object, the same object for
+    the same buffer (a reload loads the same kernel, initrd and purgatory where the last load put
+    them, and memory that holds the object already is seen to need no change)."""
     data = seg.buf[: seg.bufsz]
-    mem.write(seg.mem, data)
-    if seg.memsz > len(data):
-        mem.zero(seg.mem + len(data), seg.memsz - len(data))
+    rest = seg.memsz - len(data)
+    if rest <= 0:
+        mem.write(seg.mem, data)
+    elif type(data) is bytes and seg.memsz <= _PADDED_MAX_SIZE:
+        mem.write(seg.mem, _padded(data, seg.memsz))
+    else:
+        mem.write(seg.mem, data)
+        mem.zero(seg.mem + len(data), rest)
+
+
+def _padded(data: bytes, memsz: int) -> bytes:
+    """``data`` followed by zeros up to ``memsz`` bytes; the last few used are kept by the buffer's
+    identity (the entry holds the buffer, so its ``id`` cannot be reused while it is kept)."""
+    key = (id(data), memsz)
+    hit = _PADDED.pop(key, None)
+    if hit is not None and hit[0] is data:
+        # most recently used last: the kernel and initrd of every reload stay while headers come and go
+        _PADDED[key] = hit
+        return hit[1]
+    padded = data + bytes(memsz - len(data))
+    if len(_PADDED) >= _PADDED_MAX:
+        del _PADDED[next(iter(_PADDED))]
+    _PADDED[key] = (data, padded)
+    return padded
+
+
+#: padded segment buffers by (id of the buffer, memsz): (buffer, padded bytes)
+_PADDED: dict[tuple[int, int], tuple[bytes, bytes]] = {}
+_PADDED_MAX: Final = 16
+_PADDED_MAX_SIZE: Final = 2 << 20
