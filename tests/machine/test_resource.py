@@ -44,6 +44,28 @@ def test_insert_and_remove_follow_the_tree() -> None:
         tree.insert(Resource(0x7F000000, 0x80FFFFFF, "System RAM"))
 
 
+@given(st.lists(st.tuples(st.integers(0, 60), st.integers(0, 12)), min_size=1, max_size=40),
+       st.integers(1, 16))
+def test_insert_by_bisection_places_like_the_walk(spans: list[tuple[int, int]], width: int) -> None:
+    """Over ordered siblings the bisecting insert builds the same tree, and refuses the same
+    partial overlaps naming the same sibling, as the walk over siblings in any order."""
+    fast = Resource(0, (1 << 64) - 1, "root")
+    for k in range(0, 400, 10):
+        fast.children.append(Resource(k * 16, k * 16 + width * 16 - 1, f"r{k}"))
+    walk = fast.copy()
+    for n, (start, size) in enumerate(spans):
+        res = (start * 40, start * 40 + size * 24 + 7, f"new{n}")
+        outcome: list[str] = []
+        for tree, insert in ((fast, fast.insert), (walk, walk._insert_any)):
+            try:
+                insert(Resource(*res))
+                outcome.append(iomem_render(tree))
+            except ValueError as e:
+                outcome.append(str(e))
+        assert outcome[0] == outcome[1]
+        assert iomem_render(fast) == iomem_render(walk)
+
+
 @pytest.mark.parametrize(
     "bad", ["00000000-0000zzzz : x", "   00000000-00000fff : odd indent", "00002000-00001000 : backwards"]
 )

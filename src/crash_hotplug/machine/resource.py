@@ -7,10 +7,11 @@ which covers driver-managed ``System RAM (kmem)`` too), clipped to the window, i
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from operator import attrgetter
+from operator import attrgetter, le, lt
 
 __all__ = [
     "CRASH_KERNEL",
@@ -23,8 +24,9 @@ __all__ = [
 ]
 
 SYSTEM_RAM = "System RAM"
-#: a resource's start, read at C speed (the sort key of a children list)
+#: a resource's start and end, read at C speed (the sort key of a children list)
 _START = attrgetter("start")
+_END = attrgetter("end")
 CRASH_KERNEL = "Crash kernel"
 
 _LINE = re.compile(r"^( *)([0-9a-f]{4,16})-([0-9a-f]{4,16}) : (.*)$")
@@ -71,8 +73,44 @@ class Resource:
 
     def insert(self, res: Resource) -> None:
         """``insert_resource``: place ``res`` at the deepest level that contains it; it adopts
-        the siblings it covers. Raises ``ValueError`` on a partial overlap."""
+        the siblings it covers. Raises ``ValueError`` on a partial overlap.
+
+        Siblings in address order without overlaps (as the kernel keeps them, and as every tree
+        the model builds or reads has them) are searched by bisection; any other list is walked.
+        """
         _changed()
+        children = self.children
+        if len(children) > 8 and res.start <= res.end:
+            starts, ends = list(map(_START, children)), list(map(_END, children))
+            if all(map(le, starts, ends)) and all(map(lt, ends[:-1], starts[1:])):
+                self._insert_ordered(res, starts, ends)
+                return
+        self._insert_any(res)
+
+    def _insert_ordered(self, res: Resource, starts: list[int], ends: list[int]) -> None:
+        """:meth:`insert` over siblings sorted by address that do not overlap (``starts`` and
+        ``ends`` are theirs): at most one can hold ``res``; those it covers are a run."""
+        children = self.children
+        i = bisect.bisect_right(starts, res.start) - 1
+        if i >= 0 and res.end <= ends[i] and (starts[i], ends[i]) != (res.start, res.end):
+            children[i].insert(res)
+            return
+        lo = bisect.bisect_left(starts, res.start)
+        hi = bisect.bisect_right(starts, res.end)
+        k = bisect.bisect_right(ends, res.end, lo, hi)
+        # the sibling before the run reaching into res, then the first one in it reaching past it
+        for j in (lo - 1, k):
+            if 0 <= j < hi and not lo <= j < k and not (ends[j] < res.start or starts[j] > res.end):
+                c = children[j]
+                raise ValueError(
+                    f"{res.name} [{res.start:#x}-{res.end:#x}] partially overlaps {c.name} [{c.start:#x}-{c.end:#x}]"
+                )
+        res.children.extend(children[lo:k])
+        res.children.sort(key=_START)
+        self.children = [*children[:lo], res, *children[k:]]
+
+    def _insert_any(self, res: Resource) -> None:
+        """:meth:`insert` over siblings in any order."""
         for child in self.children:
             if child.start <= res.start and res.end <= child.end and (child.start, child.end) != (res.start, res.end):
                 child.insert(res)
