@@ -152,6 +152,32 @@ def test_first_fit_fills_holes_left_by_removed_dimms() -> None:
             assert m.add_dimm(size, online="offline").start == expected
 
 
+def test_protected_ranges_come_and_go_one_by_one() -> None:
+    """Every read-only range refuses writes that touch it, whichever others come and go."""
+    from crash_hotplug.machine.protmem import GuardedPhysMem, ProtectedMemoryWriteError
+
+    g = GuardedPhysMem()
+    low, high = (0x10000, 0x1FFFF), (0x80000, 0x8FFFF)
+    g.protect(*low)
+    g.protect(*high)
+
+    def refused(addr: int, size: int = 8) -> bool:
+        try:
+            g.write(addr, bytes(size))
+        except ProtectedMemoryWriteError:
+            return True
+        return False
+
+    assert refused(0x1FFF8, 16) and refused(0x8FFFF, 1) and refused(0x7FFF8, 16)
+    assert not refused(0x20000) and not refused(0x7FFF0) and not refused(0x90000)
+    g.unprotect(*low)
+    assert not refused(0x10000) and refused(0x80000)
+    g.unprotect(*high)
+    assert not refused(0x80000) and g.protected == ()
+    g.protect(*low)
+    assert refused(0x1FFF0) and not refused(0x80000)
+
+
 def test_notifier_errno_round_trip() -> None:
     assert notifier_to_errno(notifier_from_errno(-16)) == -16
     assert notifier_to_errno(NOTIFY_OK) == 0

@@ -30,8 +30,10 @@ class ZeroCosts:
         return 0.0
 
 
-@dataclass(order=True)
+@dataclass(order=True, slots=True)
 class Timer:
+    """A timer set on a :class:`Clock` (``struct timer_list``): ``fn`` runs at ``when`` unless cancelled."""
+
     when: float
     seq: int
     fn: Callable[[], None] = field(compare=False)

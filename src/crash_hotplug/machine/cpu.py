@@ -235,9 +235,10 @@ class CpuHotplug:
     steps: dict[int, CpuhpStep] = field(default_factory=dict)
     #: (cpu, state, "startup"|"teardown", name) for every callback run, in order
     trace: list[tuple[int, int, str, str]] = field(default_factory=list)
-    #: (key, present mask, online mask): the masks as last computed, valid while no CPU's bits were
-    #: set since and the CPU map is the same (every event of a storm reads them)
-    _masks: tuple[tuple[int, int, int], tuple[int, ...], tuple[int, ...]] | None = field(
+    #: (generation, CPU map, its size, present mask, online mask): the masks as last computed,
+    #: valid while no CPU's bits were set since and the CPU map is the same (every event of a
+    #: storm reads them)
+    _masks: tuple[int, dict[int, CpuState], int, tuple[int, ...], tuple[int, ...]] | None = field(
         default=None, init=False, repr=False, compare=False)
 
     @classmethod
@@ -257,18 +258,17 @@ class CpuHotplug:
         """``cpu_possible_mask``"""
         return tuple(self.cpus)
 
-    def state_key(self) -> tuple[int, int, int]:
-        """A key that changes whenever a CPU's mask bits or ``crash_notes`` were set or the CPU
-        map was replaced or resized (not a kernel concept: what caches over the masks compare)."""
-        cpus = self.cpus
-        return (_MASK_GEN[0], id(cpus), len(cpus))
+    def state_key(self) -> object:
+        """An object that stays the same one (``is``) until a CPU's mask bits or ``crash_notes``
+        are set or the CPU map is replaced or resized (not a kernel concept: what caches over the
+        masks compare)."""
+        return self._current_masks()
 
-    def _current_masks(self) -> tuple[tuple[int, int, int], tuple[int, ...], tuple[int, ...]]:
+    def _current_masks(self) -> tuple[int, dict[int, CpuState], int, tuple[int, ...], tuple[int, ...]]:
         cpus = self.cpus
-        key = (_MASK_GEN[0], id(cpus), len(cpus))
         masks = self._masks
-        if masks is None or masks[0] != key:
-            masks = (key, tuple(compress(cpus, map(_PRESENT, cpus.values()))),
+        if masks is None or masks[0] != _MASK_GEN[0] or masks[1] is not cpus or masks[2] != len(cpus):
+            masks = (_MASK_GEN[0], cpus, len(cpus), tuple(compress(cpus, map(_PRESENT, cpus.values()))),
                      tuple(compress(cpus, map(_ONLINE, cpus.values()))))
             self._masks = masks
         return masks
@@ -276,12 +276,12 @@ class CpuHotplug:
     @property
     def present(self) -> tuple[int, ...]:
         """``cpu_present_mask``"""
-        return self._current_masks()[1]
+        return self._current_masks()[3]
 
     @property
     def online(self) -> tuple[int, ...]:
         """``cpu_online_mask``"""
-        return self._current_masks()[2]
+        return self._current_masks()[4]
 
     @property
     def offline(self) -> tuple[int, ...]:

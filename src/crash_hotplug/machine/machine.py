@@ -147,7 +147,7 @@ class Machine:
     kdata: KernelData | None = None
     #: booted with ``memory_hotplug.memmap_on_memory=1`` (hot-added blocks carry their own memmap)
     memmap_on_memory: bool = False
-    _boot_cache: tuple[tuple[int, int, int], tuple[tuple[int, int], ...], tuple[int, ...],
+    _boot_cache: tuple[object, tuple[tuple[int, int], ...], tuple[int, ...],
                        Mapping[int, int]] | None = field(default=None, repr=False, compare=False)
     uevents: UeventBus = field(default_factory=UeventBus)
     #: the CPU that panicked, once the panic path has run
@@ -201,7 +201,7 @@ class Machine:
         at again only when a CPU changed (:meth:`CpuHotplug.state_key`)."""
         cache = self._boot_cache
         state = self.cpus.state_key()
-        if cache is not None and cache[0] == state:
+        if cache is not None and cache[0] is state:
             return cache[2], cache[3]
         cpus = self.cpus.cpus
         key = tuple(zip(cpus, map(_CRASH_NOTES, cpus.values()), strict=True))

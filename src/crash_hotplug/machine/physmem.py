@@ -190,8 +190,14 @@ class PhysMem:
         fills[lo:hi] = kept
 
     def read(self, paddr: int, size: int) -> bytes:
-        if size <= 0:
-            return b""
+        off = paddr % PAGE_SIZE
+        if off + size <= PAGE_SIZE:
+            # within one page (a table entry, an ELF header): the common case, without a call
+            if size <= 0:
+                return b""
+            pfn = paddr // PAGE_SIZE
+            page = self._pages.get(pfn)
+            return bytes((page if page is not None else self._unwritten(pfn))[off : off + size])
         if not _HELD_SIZES[0] <= size <= _HELD_SIZES[1]:
             return self._read(paddr, size)
         data = self._held.get((paddr, size))
@@ -212,6 +218,12 @@ class PhysMem:
         if first == last:
             page = pages.get(first)
             return bytes((page if page is not None else unwritten(first))[off : off + size])
+        if first + 1 == last:
+            # across one page boundary (a program header table): two slices
+            stored_head, stored_tail = pages.get(first), pages.get(last)
+            head = unwritten(first) if stored_head is None else stored_head
+            rest = unwritten(last) if stored_tail is None else stored_tail
+            return bytes(head[off:] + rest[: paddr + size - last * PAGE_SIZE])
         parts: list[bytes | bytearray | memoryview]
         parts = [pages.get(pfn) or unwritten(pfn) for pfn in range(first, last + 1)]
         # the partial first and last pages joined through views (one copy of the bytes asked for)

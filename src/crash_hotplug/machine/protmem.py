@@ -38,9 +38,6 @@ class GuardedPhysMem(PhysMem):
         self._ro_lo = 1 << 64
         self._ro_hi = -1
 
-    def _ro_changed(self) -> None:
-        self._ro_lo = min((s for s, _ in self._ro), default=1 << 64)
-        self._ro_hi = max((e for _, e in self._ro), default=-1)
 
     @property
     def protected(self) -> tuple[tuple[int, int], ...]:
@@ -49,12 +46,19 @@ class GuardedPhysMem(PhysMem):
     def protect(self, start: int, end: int) -> None:
         """Make ``[start, end]`` read-only (``set_memory_ro``)."""
         self._ro.add((start, end))
-        self._ro_changed()
+        if start < self._ro_lo:
+            self._ro_lo = start
+        if end > self._ro_hi:
+            self._ro_hi = end
 
     def unprotect(self, start: int, end: int) -> None:
         """Make ``[start, end]`` writable again (``set_memory_rw``)."""
         self._ro.discard((start, end))
-        self._ro_changed()
+        if not self._ro:
+            self._ro_lo, self._ro_hi = 1 << 64, -1
+        elif start == self._ro_lo or end == self._ro_hi:
+            self._ro_lo = min(s for s, _ in self._ro)
+            self._ro_hi = max(e for _, e in self._ro)
 
     def is_protected(self, paddr: int, size: int = 1) -> bool:
         return any(not (paddr + size - 1 < s or paddr > e) for s, e in self._ro)

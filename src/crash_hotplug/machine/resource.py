@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from operator import attrgetter
 
 __all__ = [
     "CRASH_KERNEL",
@@ -22,6 +23,8 @@ __all__ = [
 ]
 
 SYSTEM_RAM = "System RAM"
+#: a resource's start, read at C speed (the sort key of a children list)
+_START = attrgetter("start")
 CRASH_KERNEL = "Crash kernel"
 
 _LINE = re.compile(r"^( *)([0-9a-f]{4,16})-([0-9a-f]{4,16}) : (.*)$")
@@ -76,15 +79,18 @@ class Resource:
                 return
         adopted = [c for c in self.children if res.start <= c.start and c.end <= res.end]
         for c in self.children:
-            if c in adopted:
+            if adopted and c in adopted:
                 continue
             if not (c.end < res.start or c.start > res.end):
                 raise ValueError(
                     f"{res.name} [{res.start:#x}-{res.end:#x}] partially overlaps {c.name} [{c.start:#x}-{c.end:#x}]"
                 )
         res.children.extend(adopted)
-        res.children.sort(key=lambda r: r.start)
-        self.children = sorted([c for c in self.children if c not in adopted] + [res], key=lambda r: r.start)
+        res.children.sort(key=_START)
+        kept = [c for c in self.children if c not in adopted] if adopted else [*self.children]
+        kept.append(res)
+        kept.sort(key=_START)
+        self.children = kept
 
     def remove(self, start: int, end: int, name: str) -> Resource:
         """``release_resource`` of the resource with that range and name (its children go with it)."""
