@@ -60,10 +60,15 @@ def prepare_elf_headers(state: KernelState, extra_exclusions: Sequence[tuple[int
     (one more spare slot per exclusion, since each may split a range).
     """
     rams = system_ram_ranges(state.iomem)
-    rest = _headers_key(state, extra_exclusions)
+    extra = tuple(extra_exclusions)
     last = _LAST_BUILT.get("last")
-    if last is not None and last[0] is rams and last[1] == rest:
-        return last[2]
+    if last is not None and last[0] is rams and last[1] is state and last[2] == extra:
+        # the same state object (frozen: every field the same object) over the same ranges
+        return last[4]
+    rest = _headers_key(state, extra)
+    if last is not None and last[0] is rams and last[3] == rest:
+        _LAST_BUILT["last"] = (rams, state, extra, rest, last[4])
+        return last[4]
     key = (rams, *rest)
     hit = _BUILT.get(key)
     if hit is None:
@@ -77,8 +82,9 @@ def prepare_elf_headers(state: KernelState, extra_exclusions: Sequence[tuple[int
         if len(_BUILT) >= _BUILT_MAX:
             del _BUILT[next(iter(_BUILT))]
         _BUILT[key] = hit
-    # the System RAM tuple is held with the result, so a later tree's tuple is never taken for it
-    _LAST_BUILT["last"] = (rams, rest, hit)
+    # the System RAM tuple and the state are held with the result, so a later tree's tuple or a
+    # later state is never taken for them
+    _LAST_BUILT["last"] = (rams, state, extra, rest, hit)
     return hit
 
 
@@ -98,9 +104,12 @@ def _headers_key(state: KernelState, extra_exclusions: Sequence[tuple[int, int]]
 #: same header for every block of a DIMM: on x86 the System RAM resource is the whole DIMM's)
 _BUILT: dict[tuple[object, ...], tuple[bytes, int]] = {}
 _BUILT_MAX = 8
-#: the last result handed out, with the System RAM tuple (compared by identity: the tree's tuple
-#: stays the same object until the tree changes) and the rest of its key (compared by value)
-_LAST_BUILT: dict[str, tuple[tuple[tuple[int, int], ...], tuple[object, ...], tuple[bytes, int]]] = {}
+#: the last result handed out with what it was made from: the System RAM tuple (compared by
+#: identity: the tree's tuple stays the same object until the tree changes), the state (by identity:
+#: a frozen state whose crash_notes mapping is not changed in place, as :mod:`.core` assumes for
+#: its packed notes), the extra exclusions, and the rest of the key (by value)
+_LAST_BUILT: dict[str, tuple[tuple[tuple[int, int], ...], KernelState, tuple[tuple[int, int], ...],
+                             tuple[object, ...], tuple[bytes, int]]] = {}
 
 
 def crash_load_segments_memsz(config: KernelConfig, bufsz: int, nr_mem_ranges: int) -> int:

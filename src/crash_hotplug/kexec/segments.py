@@ -115,9 +115,11 @@ def kexec_add_buffer(image: Kimage, kbuf: KexecBuf, windows: list[tuple[int, int
 def kimage_load_segment(mem: PhysMem, seg: KexecSegment) -> None:
     """``kimage_load_crash_segment``: copy ``bufsz`` bytes to ``mem`` and zero the rest of ``memsz``.
 
-    Up to 2 MiB the buffer and its zeros go in one write of one bytes object, the same object for
-    the same buffer (a reload loads the same kernel, initrd and purgatory where the last load put
-    them, and memory that holds the object already is seen to need no change)."""
+    A small segment (up to 64 KiB: boot parameters, purgatory, a kexec-tools header) goes in one
+    write of its buffer and zeros as one bytes object, the same object for the same buffer, so a
+    reload that loads it where the last load put it is seen at once to change nothing. A larger one
+    is two writes, the buffer and the zeros, each an object memory already holds when unchanged
+    (a kernel's buffer, or the zeros behind a header that changed)."""
     data = seg.buf[: seg.bufsz]
     rest = seg.memsz - len(data)
     if rest <= 0:
@@ -135,7 +137,7 @@ def _padded(data: bytes, memsz: int) -> bytes:
     key = (id(data), memsz)
     hit = _PADDED.pop(key, None)
     if hit is not None and hit[0] is data:
-        # most recently used last: the kernel and initrd of every reload stay while headers come and go
+        # most recently used last: the purgatory and boot parameters of every reload stay while headers come and go
         _PADDED[key] = hit
         return hit[1]
     padded = data + bytes(memsz - len(data))
@@ -148,4 +150,4 @@ def _padded(data: bytes, memsz: int) -> bytes:
 #: padded segment buffers by (id of the buffer, memsz): (buffer, padded bytes)
 _PADDED: dict[tuple[int, int], tuple[bytes, bytes]] = {}
 _PADDED_MAX: Final = 16
-_PADDED_MAX_SIZE: Final = 2 << 20
+_PADDED_MAX_SIZE: Final = 64 << 10
