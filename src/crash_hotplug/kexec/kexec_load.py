@@ -257,7 +257,7 @@ def _userspace_prepare(m: Machine, payload: KexecPayload, hotplug: bool, purgato
     key = (crashk, backup_src, hdr, hotplug, size, payload, purgatory)
     hit = _PREPARED.get(key)
     if hit is None:
-        hit = _prepare(crashk, payload, hotplug, size, purgatory, backup_src, hdr)
+        hit = _prepare(crashk, payload, hotplug, size, purgatory, backup_src, backup_mem, hdr)
         if len(_PREPARED) >= 8:
             del _PREPARED[next(iter(_PREPARED))]
         _PREPARED[key] = hit
@@ -298,7 +298,7 @@ _PREPARED: dict[tuple[object, ...], _Prepared] = {}
 
 
 def _prepare(crashk: tuple[int, int], payload: KexecPayload, hotplug: bool, hotplug_size: int, purgatory: bytes,
-             backup_src: tuple[int, int], hdr: bytes) -> _Prepared:
+             backup_src: tuple[int, int], backup_mem: int, hdr: bytes) -> _Prepared:
     flags = KEXEC_ON_CRASH
     placer = _Placer(crashk)
     segs: list[KexecSegment] = []
@@ -312,7 +312,9 @@ def _prepare(crashk: tuple[int, int], payload: KexecPayload, hotplug: bool, hotp
     bsz = (backup_src[1] + 1024) & ~1023
     # zeros that purgatory fills at panic: the same object every reload, so the digest's prefix
     # and the segment copy see it unchanged at once
-    add(zeros(bsz), bsz, 1024, "backup")
+    backup = add(zeros(bsz), bsz, 1024, "backup")
+    # the header was built for the backup address the first placement gives
+    assert backup.mem == backup_mem
     if hotplug:
         if hotplug_size == 0:
             raise KexecError("kexec-tools --hotplug: the kernel needs CONFIG_CRASH_HOTPLUG "
