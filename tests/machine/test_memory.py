@@ -18,7 +18,7 @@ from crash_hotplug.machine.memory import (
     MemoryRangeError,
 )
 from crash_hotplug.machine.notifier import NOTIFY_BAD, NOTIFY_OK, notifier_from_errno, notifier_to_errno
-from crash_hotplug.machine.resource import SYSTEM_RAM
+from crash_hotplug.machine.resource import SYSTEM_RAM, iomem_render
 
 
 def machine() -> Machine:
@@ -176,6 +176,18 @@ def test_protected_ranges_come_and_go_one_by_one() -> None:
     assert not refused(0x80000) and g.protected == ()
     g.protect(*low)
     assert refused(0x1FFF0) and not refused(0x80000)
+
+
+def test_refused_dimm_over_a_present_one_leaves_the_tree_as_it_was() -> None:
+    """A DIMM over another's blocks is refused and the present DIMM keeps its System RAM."""
+    m = machine()
+    d = m.add_dimm(GIB)
+    before = iomem_render(m.iomem)
+    with pytest.raises(MemoryRangeError, match="memory blocks already exist"):
+        m.add_dimm(2 * GIB, start=d.start)
+    assert iomem_render(m.iomem) == before
+    m.remove_dimm(d.name)
+    assert (d.start, d.end) not in m.system_ram()
 
 
 def test_notifier_errno_round_trip() -> None:

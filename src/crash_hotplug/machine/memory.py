@@ -286,7 +286,10 @@ class MemoryHotplug:
         first = start // self.block_size
         indices = range(first, first + size // self.block_size)
         if any(i in self.blocks for i in indices):
-            self.iomem.remove(start, dimm.end, SYSTEM_RAM)
+            # refused as register_memory_resource refuses a conflict: the tree as it was, the
+            # resources the new one had taken in put back
+            for child in self.iomem.remove(start, dimm.end, SYSTEM_RAM).children:
+                self.iomem.insert(child)
             raise MemoryRangeError(f"{name}: memory blocks already exist in [{start:#x}-{dimm.end:#x}]")
         self.dimms[name] = dimm
         if self.arch is not None:
