@@ -48,7 +48,8 @@ def test_insert_and_remove_follow_the_tree() -> None:
        st.integers(1, 16))
 def test_insert_by_bisection_places_like_the_walk(spans: list[tuple[int, int]], width: int) -> None:
     """Over ordered siblings the bisecting insert builds the same tree, and refuses the same
-    partial overlaps naming the same sibling, as the walk over siblings in any order."""
+    partial overlaps naming the same sibling, as the walk over siblings in any order (with
+    siblings released in between)."""
     fast = Resource(0, (1 << 64) - 1, "root")
     for k in range(0, 400, 10):
         fast.children.append(Resource(k * 16, k * 16 + width * 16 - 1, f"r{k}"))
@@ -64,6 +65,11 @@ def test_insert_by_bisection_places_like_the_walk(spans: list[tuple[int, int]], 
                 outcome.append(str(e))
         assert outcome[0] == outcome[1]
         assert iomem_render(fast) == iomem_render(walk)
+        if n % 4 == 3:
+            # release_resource of a top-level sibling, in both trees
+            gone = fast.children[n % len(fast.children)]
+            for tree in (fast, walk):
+                tree.remove(gone.start, gone.end, gone.name)
 
 
 @pytest.mark.parametrize(

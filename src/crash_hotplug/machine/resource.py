@@ -46,6 +46,10 @@ class Resource:
     #: the last full System RAM walk of this tree: (tree generation, children list, its length, ranges)
     _ram: tuple[int, list[Resource], int, tuple[tuple[int, int], ...]] | None = field(
         default=None, repr=False, compare=False)
+    #: the children's starts and ends as last looked at: (children list, its length, starts,
+    #: ends), kept only while they are in address order without overlaps
+    _order: tuple[list[Resource], int, list[int], list[int]] | None = field(
+        default=None, repr=False, compare=False)
 
     @property
     def size(self) -> int:
@@ -81,9 +85,13 @@ class Resource:
         _changed()
         children = self.children
         if len(children) > 8 and res.start <= res.end:
-            starts, ends = list(map(_START, children)), list(map(_END, children))
-            if all(map(le, starts, ends)) and all(map(lt, ends[:-1], starts[1:])):
-                self._insert_ordered(res, starts, ends)
+            order = self._order
+            if order is None or order[0] is not children or order[1] != len(children):
+                starts, ends = list(map(_START, children)), list(map(_END, children))
+                ordered = all(map(le, starts, ends)) and all(map(lt, ends[:-1], starts[1:]))
+                order = self._order = (children, len(children), starts, ends) if ordered else None
+            if order is not None:
+                self._insert_ordered(res, order[2], order[3])
                 return
         self._insert_any(res)
 
@@ -107,7 +115,10 @@ class Resource:
                 )
         res.children.extend(children[lo:k])
         res.children.sort(key=_START)
+        res._order = None
         self.children = [*children[:lo], res, *children[k:]]
+        self._order = (self.children, len(self.children), [*starts[:lo], res.start, *starts[k:]],
+                       [*ends[:lo], res.end, *ends[k:]])
 
     def _insert_any(self, res: Resource) -> None:
         """:meth:`insert` over siblings in any order."""
@@ -125,6 +136,7 @@ class Resource:
                 )
         res.children.extend(adopted)
         res.children.sort(key=_START)
+        res._order = None
         kept = [c for c in self.children if c not in adopted] if adopted else [*self.children]
         kept.append(res)
         kept.sort(key=_START)
