@@ -94,24 +94,19 @@ class Timeline:
 
 def _ram_and_notes(table: bytes) -> tuple[list[tuple[int, int]], set[int]]:
     """RAM ranges (above the first MiB) and note addresses of a program header table."""
-    ram: list[tuple[int, int]] = []
-    notes: set[int] = set()
     if len(table) % 8 == 0 and sys.byteorder == "little":
         # a program header is seven 64-bit words: (p_type | p_flags << 32, offset, vaddr, paddr,
         # filesz, memsz, align); read the four columns at C speed
         q = memoryview(table).cast("Q")
-        rows: Iterable[tuple[int, int, int, int]] = zip(q[0::7].tolist(), q[2::7].tolist(), q[3::7].tolist(),
-                                                        q[5::7].tolist(), strict=True)
+        rows = list(zip([w & 0xFFFFFFFF for w in q[0::7].tolist()], q[2::7].tolist(), q[3::7].tolist(),
+                        q[5::7].tolist(), strict=True))
     else:
-        rows = ((t, v, p, m) for t, _f, _o, v, p, _fs, m, _a in PHDR.iter_unpack(table))
-    for word, vaddr, paddr, memsz in rows:
-        p_type = word & 0xFFFFFFFF
-        if p_type == PT_LOAD and vaddr < START_KERNEL_MAP and paddr + memsz > LOW_1M:
-            # the first MiB is left out of the kernel's header and mapped by kexec-tools' (its
-            # backup region): either way the capture kernel has it, so it is not compared
-            ram.append((max(paddr, LOW_1M), paddr + memsz - 1))
-        elif p_type == PT_NOTE:
-            notes.add(paddr)
+        rows = [(t, v, p, m) for t, _f, _o, v, p, _fs, m, _a in PHDR.iter_unpack(table)]
+    # the first MiB is left out of the kernel's header and mapped by kexec-tools' (its backup
+    # region): either way the capture kernel has it, so it is not compared
+    ram = [(p if p > LOW_1M else LOW_1M, p + m - 1) for t, v, p, m in rows
+           if t == PT_LOAD and v < START_KERNEL_MAP and p + m > LOW_1M]
+    notes = {p for t, _v, p, _m in rows if t == PT_NOTE}
     return ram, notes
 
 
@@ -298,19 +293,17 @@ class _Observer:
                 state = m.kernel_state(snapshot=False)
                 cmem = fill_up_crash_elf_data(state)
                 elf_header_exclude_ranges(state, cmem)
-            base = [self._same(r) for r in sorted((max(s, LOW_1M), e) for s, e in cmem.ranges if e >= LOW_1M)]
+            base = self._same_all(sorted([r if r[0] >= LOW_1M else (LOW_1M, r[1])
+                                          for r in cmem.ranges if r[1] >= LOW_1M]))
             self._base = (base, [s for s, _ in base], [e for _, e in base])
         return self._base
 
-    def _same(self, r: tuple[int, int]) -> tuple[int, int]:
-        """The one object for range ``r``: the header's ranges and the expected ones are then
-        compared by identity (at C speed), not number by number."""
-        same = self._ranges.get(r)
-        if same is None:
-            if len(self._ranges) >= 1 << 16:
-                self._ranges.clear()
-            same = self._ranges[r] = r
-        return same
+    def _same_all(self, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """The ranges, each as the one object kept for it: the header's ranges and the expected
+        ones are then compared by identity (at C speed), not number by number."""
+        if len(self._ranges) + len(ranges) > 1 << 16:
+            self._ranges.clear()
+        return list(map(self._ranges.setdefault, ranges, ranges))
 
     def _covered(self, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """The ranges as compared: sorted; on ppc64le, the memory they cover (merged) outside the
@@ -359,7 +352,7 @@ class _Observer:
             if table != self._table:
                 self._table = table
                 ram, notes = _ram_and_notes(table)
-                self._hdr = ([self._same(r) for r in self._covered(ram)], notes)
+                self._hdr = (self._same_all(self._covered(ram)), notes)
         if want_key != self._want_key:
             self._want_key = want_key
             # the memory ranges the kernel's own builder would describe with offline blocks cut
