@@ -106,8 +106,9 @@ class PhysMem:
 
     def _changing(self, start: int, end: int, data: bytes | None = None) -> None:
         """``[start, end)`` is about to change (to ``data``, when it is a write): forget what is
-        remembered over it. Every change of memory calls it first. A small write of what memory
-        already holds changes nothing and keeps the memory of the range around it."""
+        remembered over it. Every change of memory calls it first (a write that falls outside the
+        span of everything remembered may skip the call: it would find nothing). A small write of
+        what memory already holds changes nothing and keeps the memory of the range around it."""
         if self._held and start < self._held_hi and self._held_lo < end:
             hit = [k for k in self._held if k[0] < end and start < k[0] + k[1]]
             if hit and (data is None or len(data) > PAGE_SIZE or not self._same(start, data)):
@@ -209,7 +210,7 @@ class PhysMem:
     def _read(self, paddr: int, size: int) -> bytes:
         first, off = divmod(paddr, PAGE_SIZE)
         if off + size <= PAGE_SIZE:
-            # within one page (a table entry, a section root): the common case
+            # within one page (read answers those itself; this is for the other callers)
             page = self._pages.get(first)
             return bytes((page if page is not None else self._unwritten(first))[off : off + size])
         last = (paddr + size - 1) // PAGE_SIZE
