@@ -62,28 +62,27 @@ def _span_collection(spans: list[tuple[float, float]], y: float, colour: str, la
     return PolyCollection(verts, facecolors=colour, linewidths=0, label=label)  # type: ignore[arg-type]
 
 
+#: a row's height in lane units: its lanes, then room for the approach's name above them
+_ROW_H = len(LANES) + 1.2
+
+
 def _row(ax: Any, tl: Timeline, spans: dict[str, list[tuple[float, float]]], lo: float, hi: float,
-         bottom: bool) -> None:
-    for y, (label, colour) in enumerate(LANES):
+         base: float) -> None:
+    """One approach's lanes, from ``base`` up (lane ``k`` at ``base + k``)."""
+    for k, (label, colour) in enumerate(LANES):
         if label == "events":
             continue
         seen = [(s, e) for s, e in spans[label] if e > lo and s < hi]
         if seen:
-            ax.add_collection(_span_collection(seen, y, colour, label), autolim=False)
+            ax.add_collection(_span_collection(seen, base + k, colour, label), autolim=False)
     marks = tl.regenerations or tl.reloads
     # one marker path per track (a Line2D of ``|`` markers), not a line segment per instant: the
     # storm has thousands of instants and a segment each costs seconds to build and draw
-    for times, mark_y, colour in ((tl.events, -0.2, GREY), (marks, 0.2, BLUE)):
+    for times, mark_y, colour in ((tl.events, base - 0.2, GREY), (marks, base + 0.2, BLUE)):
         xs = [t for t in times if lo <= t <= hi]
         if xs:
             ax.plot(xs, [mark_y] * len(xs), linestyle="none", marker="|", markersize=_MARK_PT,
                     markeredgewidth=0.3, color=colour)
-    ax.set_yticks(range(len(LANES)), ["events / writes", *[label for label, _ in LANES[1:]]], fontsize=6.5)
-    ax.set_ylim(-0.6, len(LANES) - 0.4)
-    ax.set_xlim(lo, hi)
-    ax.grid(axis="x", lw=0.3, alpha=0.5)
-    if not bottom:
-        ax.tick_params(labelbottom=False)
 
 
 def _summary(tl: Timeline, m: ApproachMetrics) -> str:
@@ -113,21 +112,36 @@ def build_figure(timelines: list[Timeline], metrics: list[ApproachMetrics], titl
 
     horizon = max(m.horizon_s for m in metrics)
     storm_end = min(horizon, max((tl.events[-1] for tl in timelines if tl.events), default=horizon) * 1.03 + 0.5)
-    fig, axes = plt.subplots(len(timelines), 2, figsize=(14, 1.4 + 1.5 * len(timelines)), squeeze=False,
-                             gridspec_kw={"width_ratios": [3, 2]})
+    # two axes (the whole run, the storm), each holding every approach's lanes one row above the
+    # other: the same picture as a grid of axes at a fraction of the drawing
+    fig, (whole, storm) = plt.subplots(1, 2, figsize=(14, 1.4 + 1.5 * len(timelines)),
+                                       gridspec_kw={"width_ratios": [3, 2]})
+    n = len(timelines)
+    lane_names = ["events / writes", *[label for label, _ in LANES[1:]]]
+    ticks: list[float] = []
     for row, (tl, m) in enumerate(zip(timelines, metrics, strict=True)):
-        last = row == len(timelines) - 1
+        base = (n - 1 - row) * _ROW_H
         spans = lane_spans(tl, horizon)
-        _row(axes[row, 0], tl, spans, 0.0, horizon, last)
-        _row(axes[row, 1], tl, spans, 0.0, storm_end, last)
-        axes[row, 1].tick_params(labelleft=False)
-        axes[row, 0].set_title(tl.approach, loc="left", fontsize=9, fontweight="bold", pad=2)
-        axes[row, 1].text(1.01, 0.5, _summary(tl, m), transform=axes[row, 1].transAxes, fontsize=7, va="center")
-    axes[0, 0].set_title(f"{timelines[0].approach}    whole run ({fmt_duration(horizon)}, until the slowest "
-                         "approach settled)", loc="left", fontsize=9, fontweight="bold", pad=2)
-    axes[0, 1].set_title(f"the storm ({fmt_duration(storm_end)})", fontsize=9, pad=2)
-    axes[-1, 0].set_xlabel("seconds since the first hotplug event")
-    axes[-1, 1].set_xlabel("seconds")
+        _row(whole, tl, spans, 0.0, horizon, base)
+        _row(storm, tl, spans, 0.0, storm_end, base)
+        ticks += [base + k for k in range(len(LANES))]
+        whole.text(0.004, base + len(LANES) - 0.35, tl.approach, transform=whole.get_yaxis_transform(),
+                   fontsize=9, fontweight="bold", va="bottom")
+        storm.text(1.01, base + (len(LANES) - 1) / 2, _summary(tl, m), transform=storm.get_yaxis_transform(),
+                   fontsize=7, va="center")
+        if row:
+            for ax in (whole, storm):
+                ax.axhline(base + len(LANES) + 0.5, color="black", lw=0.6)
+    for ax, hi in ((whole, horizon), (storm, storm_end)):
+        ax.set_yticks(ticks, lane_names * n, fontsize=6.5)
+        ax.set_ylim(-0.6, n * _ROW_H - 0.9)
+        ax.set_xlim(0.0, hi)
+        ax.grid(axis="x", lw=0.3, alpha=0.5)
+    storm.tick_params(labelleft=False)
+    whole.set_title(f"whole run ({fmt_duration(horizon)}, until the slowest approach settled)", fontsize=9, pad=3)
+    storm.set_title(f"the storm ({fmt_duration(storm_end)})", fontsize=9, pad=3)
+    whole.set_xlabel("seconds since the first hotplug event")
+    storm.set_xlabel("seconds")
     fig.suptitle(title, y=0.995, fontsize=11)
     fig.legend(handles=[
         Patch(color=GREY, label="hotplug event (marker)"),
@@ -136,8 +150,7 @@ def build_figure(timelines: list[Timeline], metrics: list[ApproachMetrics], titl
         Patch(color=ORANGE, label="header stale"),
         Patch(color=PURPLE, label="kdump blocked (lock held, image hidden)"),
     ], loc="upper center", bbox_to_anchor=(0.5, 0.97), ncol=5, fontsize=8, frameon=False)
-    fig.subplots_adjust(left=0.07, right=0.85, top=0.93 - 0.01 * (6 - len(timelines)), bottom=0.07,
-                        hspace=0.45, wspace=0.03)
+    fig.subplots_adjust(left=0.07, right=0.85, top=0.93 - 0.01 * (6 - len(timelines)), bottom=0.07, wspace=0.03)
     return fig
 
 
