@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -129,11 +130,18 @@ def _run(plan: Plan, approaches: tuple[str, ...], panics: int, seed: int, costs:
         for a in chosen:
             if a in NOT_ON_PPC64:
                 raise click.UsageError(f"--approach {a}: not modelled on ppc64le ({NOT_ON_PPC64[a]})")
-    with Progress(TextColumn("{task.description:<18}"), BarColumn(), TextColumn("{task.completed}/{task.total} ops"),
-                  TimeElapsedColumn(), console=err, transient=True, disable=as_json or not err.is_terminal) as bar:
-        tasks = {a: bar.add_task(a, total=len(plan.ops)) for a in chosen}
-        c = compare(plan, chosen, costs=costs, panics=panics, seed=seed, guest=guest,
-                    on_progress=lambda a, done, total: bar.update(tasks[a], completed=done))
+    # what is loaded by now (modules, the plan) outlives the run: the collector need not look at
+    # it again while the storms allocate
+    gc.freeze()
+    try:
+        with Progress(TextColumn("{task.description:<18}"), BarColumn(),
+                      TextColumn("{task.completed}/{task.total} ops"), TimeElapsedColumn(), console=err,
+                      transient=True, disable=as_json or not err.is_terminal) as bar:
+            tasks = {a: bar.add_task(a, total=len(plan.ops)) for a in chosen}
+            c = compare(plan, chosen, costs=costs, panics=panics, seed=seed, guest=guest,
+                        on_progress=lambda a, done, total: bar.update(tasks[a], completed=done))
+    finally:
+        gc.unfreeze()
     if plot is not None:
         from crash_hotplug.sim.plot import plot_timelines
 
