@@ -16,6 +16,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from crash_hotplug.crash.arch import Outcome
 from crash_hotplug.crash.ours import OursCrashHotplug
@@ -210,6 +211,33 @@ def _header_addr(image: Kimage) -> int:
 #: below this the kernel's header and kexec-tools' differ by design (not a verdict)
 LOW_1M = 1 << 20
 
+#: one object per range, for every observer (see :func:`_same_all`)
+_RANGES: dict[tuple[int, int], tuple[int, int]] = {}
+#: what the x86 builder's range steps give, by what they read (the System RAM ranges, the
+#: crashkernel regions, the config): every approach of a comparison walks the same trees
+_BASES: dict[tuple[object, ...], tuple[list[tuple[int, int]], list[int], list[int]]] = {}
+#: parsed x86 header tables (their compared ranges, interned, and note addresses) by their bytes
+_PARSED: dict[bytes, tuple[list[tuple[int, int]], set[int]]] = {}
+#: entries each of the two memos keeps (the oldest go first)
+_MEMO_MAX = 512
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+def _same_all(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The ranges, each as the one object kept for it: the header's ranges and the expected ones
+    are then compared by identity (at C speed), not number by number."""
+    if len(_RANGES) + len(ranges) > 1 << 16:
+        _RANGES.clear()
+    return list(map(_RANGES.setdefault, ranges, ranges))
+
+
+def _remember(memo: dict[_K, _V], key: _K, value: _V) -> None:
+    """Keep ``key -> value`` in a memo of at most :data:`_MEMO_MAX` entries."""
+    if len(memo) >= _MEMO_MAX:
+        del memo[next(iter(memo))]
+    memo[key] = value
+
 
 class _Observer:
     """Records (time, loaded, true) whenever something a panic depends on changed.
@@ -231,7 +259,6 @@ class _Observer:
         self._hdr_key: tuple[object, ...] | None = None
         self._addr_key: tuple[Kimage, str, int] | None = None
         #: one object per range seen (see :meth:`_same`)
-        self._ranges: dict[tuple[int, int], tuple[int, int]] = {}
         self._addr = 0
         self._table: bytes | None = None
         self._hdr: tuple[list[tuple[int, int]], set[int]] = ([], set())
@@ -245,6 +272,7 @@ class _Observer:
         self._offline: _BlockRuns | None = None
         self._nblocks = 0
         self._dimms: dict[str, Dimm] = {}
+        self._dimm_items: list[tuple[str, Dimm]] = []
         run.machine.register_memory_notifier(self._memory_changed, -(1 << 31), "simulation observer")
 
     def _memory_changed(self, action: int, arg: MemoryNotify) -> int:
@@ -260,8 +288,14 @@ class _Observer:
         blocks = memory.blocks
         if self._offline is None or len(blocks) != self._nblocks:
             dimms = memory.dimms
-            gone = [d for name, d in self._dimms.items() if dimms.get(name) is not d]
-            new = [d for name, d in dimms.items() if self._dimms.get(name) is not d]
+            items = list(dimms.items())
+            if len(items) == len(self._dimm_items) + 1 and items[:-1] == self._dimm_items:
+                # the common case of a storm: one DIMM added after the others, which are as they
+                # were (the same names and objects: compared at C speed)
+                gone, new = [], [items[-1][1]]
+            else:
+                gone = [d for name, d in self._dimms.items() if dimms.get(name) is not d]
+                new = [d for name, d in dimms.items() if self._dimms.get(name) is not d]
             bs = memory.block_size
             if self._offline is None or not (gone or new):
                 self._offline = _BlockRuns(i for i, b in blocks.items() if not b.online)
@@ -276,6 +310,7 @@ class _Observer:
                         if b is not None and not b.online:
                             self._offline.add(i)
             self._dimms = dict(dimms)
+            self._dimm_items = items
             self._nblocks = len(blocks)
         return self._offline.ranges(memory.block_size)
 
@@ -287,23 +322,21 @@ class _Observer:
         key = (system_ram_ranges(m.iomem), m.crashk_res, m.crashk_low_res, m.config)
         if self._base_key is None or key[0] is not self._base_key[0] or key[1:] != self._base_key[1:]:
             self._base_key = key
+            known = None if self._ppc64 else _BASES.get(key)
+            if known is not None:
+                self._base = known
+                return known
             if isinstance(self.run, Ppc64SimRun):
                 cmem = ppc64_base_ranges(self.run)
             else:
                 state = m.kernel_state(snapshot=False)
                 cmem = fill_up_crash_elf_data(state)
                 elf_header_exclude_ranges(state, cmem)
-            base = self._same_all(sorted([r if r[0] >= LOW_1M else (LOW_1M, r[1])
-                                          for r in cmem.ranges if r[1] >= LOW_1M]))
+            base = _same_all(sorted([r if r[0] >= LOW_1M else (LOW_1M, r[1]) for r in cmem.ranges if r[1] >= LOW_1M]))
             self._base = (base, [s for s, _ in base], [e for _, e in base])
+            if not self._ppc64:
+                _remember(_BASES, key, self._base)
         return self._base
-
-    def _same_all(self, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
-        """The ranges, each as the one object kept for it: the header's ranges and the expected
-        ones are then compared by identity (at C speed), not number by number."""
-        if len(self._ranges) + len(ranges) > 1 << 16:
-            self._ranges.clear()
-        return list(map(self._ranges.setdefault, ranges, ranges))
 
     def _covered(self, ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:
         """The ranges as compared: sorted; on ppc64le, the memory they cover (merged) outside the
@@ -351,8 +384,13 @@ class _Observer:
             table = _header_table(m.mem.read, self._addr)
             if table != self._table:
                 self._table = table
-                ram, notes = _ram_and_notes(table)
-                self._hdr = (self._same_all(self._covered(ram)), notes)
+                parsed = None if self._ppc64 else _PARSED.get(table)
+                if parsed is None:
+                    ram, notes = _ram_and_notes(table)
+                    parsed = (_same_all(self._covered(ram)), notes)
+                    if not self._ppc64:
+                        _remember(_PARSED, table, parsed)
+                self._hdr = parsed
         if want_key != self._want_key:
             self._want_key = want_key
             # the memory ranges the kernel's own builder would describe with offline blocks cut
