@@ -261,6 +261,8 @@ class _Observer:
         #: one object per range seen (see :meth:`_same`)
         self._addr = 0
         self._table: bytes | None = None
+        #: (address, bytes) of the whole header (ELF header and program headers) as last read
+        self._whole: tuple[int, bytes] | None = None
         self._hdr: tuple[list[tuple[int, int]], set[int]] = ([], set())
         self._want_key: tuple[object, ...] | None = None
         self._want: list[tuple[int, int]] = []
@@ -319,9 +321,11 @@ class _Observer:
         range steps (System RAM, less the first MiB and the crashkernel regions) over the iomem
         tree, redone only when the tree changed; clipped to the compared part (above 1 MiB)."""
         m = self.run.machine
-        key = (system_ram_ranges(m.iomem), m.crashk_res, m.crashk_low_res, m.config)
-        if self._base_key is None or key[0] is not self._base_key[0] or key[1:] != self._base_key[1:]:
-            self._base_key = key
+        rams = system_ram_ranges(m.iomem)
+        last = self._base_key
+        if (last is None or last[0] is not rams or last[1] != m.crashk_res or last[2] != m.crashk_low_res
+                or (last[3] is not m.config and last[3] != m.config)):
+            key = self._base_key = (rams, m.crashk_res, m.crashk_low_res, m.config)
             known = None if self._ppc64 else _BASES.get(key)
             if known is not None:
                 self._base = known
@@ -381,16 +385,22 @@ class _Observer:
             if k is None or k[0] is not image or k[1] is not image.cmdline or k[2] != image.elfcorehdr_active:
                 self._addr_key = (image, image.cmdline, image.elfcorehdr_active)
                 self._addr = _header_addr(image)
-            table = _header_table(m.mem.read, self._addr)
-            if table != self._table:
-                self._table = table
-                parsed = None if self._ppc64 else _PARSED.get(table)
-                if parsed is None:
-                    ram, notes = _ram_and_notes(table)
-                    parsed = (_same_all(self._covered(ram)), notes)
-                    if not self._ppc64:
-                        _remember(_PARSED, table, parsed)
-                self._hdr = parsed
+            addr = self._addr
+            whole = self._whole
+            # memory hands back the very object it holds for a large range nothing changed since
+            # (PhysMem keeps what it read or wrote whole): then the header is as last read
+            if whole is None or whole[0] != addr or m.mem.read(addr, len(whole[1])) is not whole[1]:
+                table = _header_table(m.mem.read, addr)
+                self._whole = (addr, m.mem.read(addr, EHDR.size + len(table)))
+                if table != self._table:
+                    self._table = table
+                    parsed = None if self._ppc64 else _PARSED.get(table)
+                    if parsed is None:
+                        ram, notes = _ram_and_notes(table)
+                        parsed = (_same_all(self._covered(ram)), notes)
+                        if not self._ppc64:
+                            _remember(_PARSED, table, parsed)
+                    self._hdr = parsed
         if want_key != self._want_key:
             self._want_key = want_key
             # the memory ranges the kernel's own builder would describe with offline blocks cut
