@@ -71,7 +71,6 @@ def demo(root: Path | None) -> None:
     print_summary(s, f"elfcorehdr built for {root} (kernel {state.config.version})")
 
 
-
 def main() -> None:
     """The console entry point. A usage error (a bad option, a path of the wrong kind) is one line on
     stderr naming the parameter, and exit status 2, like every other unusable input."""

@@ -495,10 +495,8 @@ class KernelData:
         paddr = self.memmap.pop(nr, None)
         if paddr is None:
             return
-        vaddr = self._vmemmap + (nr << self._section_bits) // PAGE_SIZE * self._page_struct_size
-        pud = self._next_table(self._pgd, (vaddr >> 39) & 511)
-        pmd = self._next_table(pud, (vaddr >> 30) & 511)
-        self._set_entry(pmd, (vaddr >> 21) & 511, 0)
+        pmd, index = self._vmemmap_pmd(nr)
+        self._set_entry(pmd, index, 0)
         self._free((paddr, paddr + _PMD_MEMMAP - 1))
 
     # -- mem_section -----------------------------------------------------------------------------

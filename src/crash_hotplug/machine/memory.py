@@ -228,9 +228,7 @@ class MemoryHotplug:
 
     def online_pages(self, index: int, zone: str = "Movable") -> None:
         """``online_pages`` (``memoryN/state`` <- ``online``): GOING_ONLINE, then ONLINE or CANCEL_ONLINE."""
-        b = self.blocks.get(index)
-        if b is None:
-            b = self.block(index)
+        b = self.block(index)
         if b.online:
             return
         pages = self.block_size // PAGE_SIZE
@@ -242,15 +240,13 @@ class MemoryHotplug:
         b.online = True
         b.zone = zone
         if self.arch is not None:
-            self.arch.online_mem_sections(index * self.block_size, (index + 1) * self.block_size - 1)
+            self.arch.online_mem_sections(*self.block_range(index))
         self.memory_notify(MEM_ONLINE, b, arg)
 
     def offline_pages(self, index: int) -> None:
         """``offline_pages`` (``memoryN/state`` <- ``offline``): GOING_OFFLINE, then OFFLINE or
         CANCEL_OFFLINE. Boot memory outside ``ZONE_MOVABLE`` is refused with ``-EBUSY``."""
-        b = self.blocks.get(index)
-        if b is None:
-            b = self.block(index)
+        b = self.block(index)
         if not b.online:
             return
         if b.dimm is None and b.zone != "Movable":
@@ -263,7 +259,7 @@ class MemoryHotplug:
             raise MemoryNotifierVetoError(index, MEM_GOING_OFFLINE, -notifier_to_errno(ret))
         b.online = False
         if self.arch is not None:
-            self.arch.offline_mem_sections(index * self.block_size, (index + 1) * self.block_size - 1)
+            self.arch.offline_mem_sections(*self.block_range(index))
         self.memory_notify(MEM_OFFLINE, b, arg)
 
     # -- DIMMs -------------------------------------------------------------------------------

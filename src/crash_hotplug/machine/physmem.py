@@ -216,9 +216,6 @@ class PhysMem:
         last = (paddr + size - 1) // PAGE_SIZE
         pages = self._pages
         unwritten = self._unwritten if self._fills else lambda pfn: page_pattern(pfn, self.seed)
-        if first == last:
-            page = pages.get(first)
-            return bytes((page if page is not None else unwritten(first))[off : off + size])
         if first + 1 == last:
             # across one page boundary (a program header table): two slices
             stored_head, stored_tail = pages.get(first), pages.get(last)

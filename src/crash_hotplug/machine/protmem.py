@@ -38,7 +38,6 @@ class GuardedPhysMem(PhysMem):
         self._ro_lo = 1 << 64
         self._ro_hi = -1
 
-
     @property
     def protected(self) -> tuple[tuple[int, int], ...]:
         return tuple(sorted(self._ro))
@@ -89,10 +88,7 @@ class GuardedPhysMem(PhysMem):
                 self._page_span(pfn, pfn + 1)
                 return
             # within one page (the 8-byte table entries, the notes)
-            page = self._pages.get(pfn)
-            if page is None:
-                page = self._page(pfn)
-            page[off : off + n] = data
+            self._store(paddr, data)
             return
         # whole pages are stored as they are (no need to start from the pattern)
         head = -paddr % PAGE_SIZE

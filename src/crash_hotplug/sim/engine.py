@@ -111,10 +111,10 @@ def _ram_and_notes(table: bytes) -> tuple[list[tuple[int, int]], set[int]]:
     return ram, notes
 
 
-def _header_table(mem_read: Callable[[int, int], bytes], addr: int) -> bytes:
-    """The program header table of the ELF header at ``addr``."""
+def _header_bytes(mem_read: Callable[[int, int], bytes], addr: int) -> bytes:
+    """The ELF header at ``addr`` with its program header table, as one read."""
     phnum = EHDR.unpack(mem_read(addr, EHDR.size))[10]
-    return mem_read(addr + EHDR.size, phnum * PHDR.size)
+    return mem_read(addr, EHDR.size + phnum * PHDR.size)
 
 
 class _BlockRuns:
@@ -257,8 +257,8 @@ class _Observer:
         self.event_times: list[float] = []
         self._memory_changes = 0
         self._hdr_key: tuple[object, ...] | None = None
+        #: (image, command line, active slot) the header's address was found for, and the address
         self._addr_key: tuple[Kimage, str, int] | None = None
-        #: one object per range seen (see :meth:`_same`)
         self._addr = 0
         self._table: bytes | None = None
         #: (address, bytes) of the whole header (ELF header and program headers) as last read
@@ -390,8 +390,9 @@ class _Observer:
             # memory hands back the very object it holds for a large range nothing changed since
             # (PhysMem keeps what it read or wrote whole): then the header is as last read
             if whole is None or whole[0] != addr or m.mem.read(addr, len(whole[1])) is not whole[1]:
-                table = _header_table(m.mem.read, addr)
-                self._whole = (addr, m.mem.read(addr, EHDR.size + len(table)))
+                data = _header_bytes(m.mem.read, addr)
+                self._whole = (addr, data)
+                table = data[EHDR.size:]
                 if table != self._table:
                     self._table = table
                     parsed = None if self._ppc64 else _PARSED.get(table)
